@@ -1,0 +1,34 @@
+# Contract targets: `make demo`, `make test`, `make bench` (see README).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help install services test lint demo bench clean
+
+help:
+	@echo "make demo      release examples/backend to the local Docker host"
+	@echo "make test      the whole test suite against real services"
+	@echo "make bench     benchmarks -> bench/results.json"
+	@echo "make services  install/start Docker, registry, PostgreSQL (root)"
+	@echo "make lint      ruff"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+services:
+	scripts/services.sh all
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) bench/results.json

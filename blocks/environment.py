@@ -1,0 +1,197 @@
+"""The release environment block: one per environment (staging, production, ...).
+
+It says where a release goes and how to judge it, and references the credential blocks
+(registry credentials, the database URL as a Secret). Register the block type with
+`prefect block register -m blocks.environment`.
+"""
+
+import re
+from typing import Literal
+
+import docker.errors
+from prefect.blocks.core import Block
+from prefect.blocks.system import Secret
+from prefect_docker import DockerHost, DockerRegistryCredentials
+from pydantic import Field, field_validator
+
+from targets.base import Target
+from targets.docker_host import DockerHostTarget
+from targets.errors import ConfigurationError, TransientError
+from targets.images import parse_image_reference
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class ReleaseEnvironment(Block):
+    """Where a release goes (target, image repository, services) and how it is verified."""
+
+    _block_type_name = "Release Environment"
+    _block_type_slug = "release-environment"
+    _description = (
+        "A deployment environment for the release flows: target platform, image repository, "
+        "API and worker settings, health check budget, and references to credential blocks."
+    )
+
+    environment: str = Field(
+        description="Environment name, e.g. 'staging'. Lowercase letters, digits and '-'; "
+        "used in container names and labels."
+    )
+    target: Literal["docker", "cloudrun", "ecs"] = Field(
+        default="docker", description="Platform the release goes to."
+    )
+    image_repository: str = Field(
+        description="Where images are pushed, without tag, e.g. '127.0.0.1:5000/rhesis/backend'."
+    )
+    registry_credentials: DockerRegistryCredentials | None = Field(
+        default=None, description="Login for the image registry (None: no login)."
+    )
+    database_url: Secret = Field(
+        description="Secret block holding the PostgreSQL URL the backend and migrations use."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain environment variables for every container (no secrets here: "
+        "they are stored and shown in clear).",
+    )
+    # Docker host target.
+    docker_host: DockerHost = Field(
+        default_factory=DockerHost, description="Docker engine to deploy to (default: local)."
+    )
+    docker_network: str = Field(
+        default="host",
+        description="'host' for host networking, or a Docker network name; then the API "
+        "port is published on docker_publish_address.",
+    )
+    docker_publish_address: str = Field(
+        default="127.0.0.1", description="Host address the API port is published on."
+    )
+    api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    # Workers and one-off commands.
+    worker_count: int = Field(default=1, ge=0, le=100, description="Celery workers to run.")
+    worker_command: list[str] = Field(
+        default=["celery", "-A", "app.worker", "worker", "--loglevel=info"],
+        description="Command that starts one worker in the backend image.",
+    )
+    migrate_command: list[str] = Field(
+        default=["alembic", "upgrade", "head"],
+        description="Command that upgrades the schema in the backend image.",
+    )
+    migration_timeout_seconds: float = Field(
+        default=600, gt=0, description="Deadline for one migration run."
+    )
+    migration_lock_timeout: str = Field(
+        default="5s",
+        description="PostgreSQL lock_timeout for migrations, so a migration waiting on a "
+        "busy table fails fast instead of blocking the application.",
+    )
+    migration_statement_timeout: str = Field(
+        default="5min", description="PostgreSQL statement_timeout for migrations."
+    )
+    # Verification (defaults in the spirit of Kamal: poll 1 s, 5 s per request, 30 s budget).
+    health_path: str = Field(default="/health", description="Health endpoint of the API.")
+    health_consecutive: int = Field(
+        default=3, ge=1, description="Consecutive healthy answers needed to pass."
+    )
+    health_interval_seconds: float = Field(default=1.0, gt=0, description="Poll interval.")
+    health_request_timeout_seconds: float = Field(default=5.0, gt=0, description="Per request.")
+    health_budget_seconds: float = Field(
+        default=30.0, gt=0, description="Overall deadline for the API to become healthy."
+    )
+    worker_budget_seconds: float = Field(
+        default=60.0, gt=0, description="Deadline for the workers to report ready."
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(
+                f"environment name {value!r} must be lowercase letters, digits and '-' "
+                "(it is used in container names)"
+            )
+        return value
+
+    @field_validator("image_repository")
+    @classmethod
+    def _valid_repository(cls, value: str) -> str:
+        try:
+            ref = parse_image_reference(value)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        if ref.tag or ref.digest:
+            raise ValueError(
+                f"image_repository {value!r} must not carry a tag or digest: "
+                f"use {ref.name!r}; each release sets its own tag"
+            )
+        return value
+
+    @field_validator("health_path")
+    @classmethod
+    def _valid_path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"health_path {value!r} must start with '/'")
+        return value
+
+    def database_url_value(self) -> str:
+        return self.database_url.get()
+
+
+def load_environment(name: str) -> ReleaseEnvironment:
+    """Load the environment block `name`, or say how to create it."""
+    try:
+        return ReleaseEnvironment.load(name)
+    except ValueError as exc:
+        if "Unable to find block document" not in str(exc):
+            raise
+        raise ConfigurationError(
+            f"unknown environment {name!r}: no Release Environment block named {name!r}. "
+            "Create it (see README, 'Configure an environment') or pick one of "
+            f"{known_environments() or 'none yet'}"
+        ) from None
+
+
+def known_environments() -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+    try:
+        with get_client(sync_client=True) as client:
+            docs = client.read_block_documents_by_type(block_type_slug="release-environment")
+    except (ObjectNotFound, PrefectHTTPStatusError):
+        return []  # block type not registered yet
+    return sorted(d.name for d in docs if d.name)
+
+
+def connect_target(env: ReleaseEnvironment) -> Target:
+    """The platform adapter for this environment's target."""
+    if env.target == "docker":
+        try:
+            client = env.docker_host.get_client()
+        except docker.errors.DockerException as exc:
+            raise TransientError(
+                f"cannot reach the Docker engine ({exc}): start it (scripts/services.sh docker) "
+                "or fix the environment's DockerHost block"
+            ) from None
+        return DockerHostTarget(
+            client,
+            env.environment,
+            port=env.api_port,
+            network=env.docker_network,
+            publish_address=env.docker_publish_address,
+            env=container_env(env),
+            worker_command=env.worker_command,
+            registry_auth=registry_auth(env),
+        )
+    raise ConfigurationError(f"target {env.target!r} is not supported by this version")
+
+
+def container_env(env: ReleaseEnvironment) -> dict[str, str]:
+    """Environment of every backend container: the plain variables plus the database URL."""
+    return {**env.env, "DATABASE_URL": env.database_url_value()}
+
+
+def registry_auth(env: ReleaseEnvironment) -> dict[str, str] | None:
+    creds = env.registry_credentials
+    if creds is None:
+        return None
+    return {"username": creds.username, "password": creds.password.get_secret_value()}

@@ -1,0 +1,1 @@
+"""Example backend shaped like the Rhesis backend (API, Celery worker, Alembic)."""

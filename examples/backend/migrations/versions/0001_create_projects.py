@@ -1,0 +1,27 @@
+"""create projects
+
+Revision ID: 0001
+Revises:
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from app.faults import fail_migration_if_requested
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "projects",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+    )
+    fail_migration_if_requested(revision)
+
+
+def downgrade() -> None:
+    op.drop_table("projects")

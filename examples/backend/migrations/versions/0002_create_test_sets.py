@@ -1,0 +1,28 @@
+"""create test_sets
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+from app.faults import fail_migration_if_requested
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "test_sets",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
+        sa.Column("prompt", sa.Text, nullable=False),
+    )
+    fail_migration_if_requested(revision)
+
+
+def downgrade() -> None:
+    op.drop_table("test_sets")

@@ -1,0 +1,1 @@
+"""Prefect flows: the release, its rollback subflow, and the entry flows."""

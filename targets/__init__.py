@@ -1,0 +1,1 @@
+"""Platform adapters behind one interface (see targets.base). Prefect-free."""

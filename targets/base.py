@@ -1,0 +1,88 @@
+"""The target interface: what a platform adapter reads and changes.
+
+Adapters are Prefect-free so they can be tested on their own. Facts (`read_state`,
+`workers_alive`) never change anything; operations (`deploy_api`, `scale_workers`, ...)
+change one thing each, and `restore_*` put back a state that `read_state` recorded.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One service (API or workers) as read back from the platform."""
+
+    image: str | None = None  # pinned reference (repo@sha256:...); None: not deployed
+    version: str | None = None
+    replicas: int = 0
+    # Platform handle of what runs (container id, Cloud Run revision, task-definition ARN).
+    revision: str | None = None
+
+
+@dataclass(frozen=True)
+class TargetState:
+    api: ServiceState = field(default_factory=ServiceState)
+    workers: ServiceState = field(default_factory=ServiceState)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TargetState":
+        return cls(api=ServiceState(**data["api"]), workers=ServiceState(**data["workers"]))
+
+
+@dataclass(frozen=True)
+class OneOffResult:
+    exit_code: int
+    output: str
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    expected: int
+    ready: int
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.ready >= self.expected
+
+
+class Target(Protocol):
+    """One platform (Docker host, Cloud Run, ECS) behind the same small surface."""
+
+    kind: str
+
+    def check(self) -> None:
+        """Preflight: the platform answers and the credentials work. Changes nothing."""
+
+    def read_state(self) -> TargetState:
+        """What runs now, read from the platform itself (labels, revisions)."""
+
+    def deploy_api(self, image: str, version: str) -> None:
+        """Start `image` as the API candidate; the previous version stays restorable."""
+
+    def candidate_url(self) -> str:
+        """Base URL where the candidate API answers (before it takes user traffic)."""
+
+    def promote_api(self) -> None:
+        """The verified candidate takes all traffic; the previous version is retired."""
+
+    def scale_workers(self, image: str, version: str, count: int) -> None:
+        """Run exactly `count` workers of `image`."""
+
+    def workers_alive(self, image: str, count: int) -> WorkerHealth:
+        """How many workers of `image` run and are ready to take tasks."""
+
+    def run_oneoff(
+        self, image: str, command: list[str], env: dict[str, str], timeout: float
+    ) -> OneOffResult:
+        """Run `command` once in `image` (e.g. migrations) and wait for its exit."""
+
+    def restore_api(self, state: ServiceState) -> None:
+        """Put the API back to a recorded state (no rebuild)."""
+
+    def restore_workers(self, state: ServiceState) -> None:
+        """Put the workers back to a recorded image and count."""

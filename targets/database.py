@@ -1,0 +1,84 @@
+"""The application database as the release sees it: the Alembic revision, and errors
+classified so a wrong URL is a clear configuration error and never shows the password.
+"""
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
+
+from targets.errors import AuthenticationError, ConfigurationError, TransientError
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgresql:// URLs use the psycopg 3 driver (what the backend image ships)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def read_revision(url: str) -> str | None:
+    """The current Alembic revision, or None for a database never migrated."""
+    try:
+        engine = create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": 5})
+    except ArgumentError:
+        raise ConfigurationError(
+            "the database URL in the environment's Secret block is not a valid URL: "
+            "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        ) from None
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select version_num from alembic_version")).scalar()
+    except ProgrammingError:
+        return None  # no alembic_version table yet
+    except OperationalError as exc:
+        raise classify_connection_error(exc, url) from None
+    finally:
+        engine.dispose()
+
+
+def classify_connection_error(exc: OperationalError, url: str) -> Exception:
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    lowered = reason.lower()
+    where = safe_url(url)
+    if "translate host name" in lowered or "name or service not known" in lowered:
+        return ConfigurationError(
+            f"database host in {where} is unknown ({reason}): fix the database URL "
+            "in the environment's Secret block"
+        )
+    if "password authentication failed" in lowered or "no pg_hba.conf entry" in lowered:
+        return AuthenticationError(
+            f"database {where} refused the credentials ({reason}): fix the user/password "
+            "in the environment's Secret block"
+        )
+    if "does not exist" in lowered:
+        return ConfigurationError(f"database {where}: {reason}; create it or fix the URL")
+    return TransientError(f"database {where} unreachable: {reason}")
+
+
+def alembic_in_process(script_location: str, url: str, action: str, revision: str) -> None:
+    """Run `alembic upgrade|downgrade REVISION` from source in this process (no image):
+    for development and rehearsals. Production migrations run in the new image."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", script_location)
+    config.attributes["skip_logging_config"] = True
+    engine = create_engine(sqlalchemy_url(url))
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            getattr(command, action)(config, revision)
+    except OperationalError as exc:
+        raise classify_connection_error(exc, url) from None
+    finally:
+        engine.dispose()

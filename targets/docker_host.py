@@ -1,0 +1,240 @@
+"""Docker host target: the API as one container, N Celery worker containers, same image.
+
+State is read back from the engine through container labels (no local state file).
+Replacing the API stops the previous container but keeps it, renamed `<env>-api-previous`,
+until the new one is verified: rolling back is a restart, not a rebuild.
+"""
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from targets.base import OneOffResult, ServiceState, TargetState, WorkerHealth
+from targets.engine import classify_engine_error
+from targets.errors import ReleaseError
+
+LABEL = "io.rhesis.release"
+L_ENV, L_SERVICE, L_VERSION, L_IMAGE = (
+    f"{LABEL}.{k}" for k in ("environment", "service", "version", "image")
+)
+WORKER_READY = " ready."  # Celery logs "celery@host ready." once it consumes tasks
+
+
+class DockerHostTarget:
+    kind = "docker"
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        environment: str,
+        *,
+        port: int = 8000,
+        network: str = "host",
+        publish_address: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        worker_command: list[str] | None = None,
+        registry_auth: dict[str, str] | None = None,
+    ):
+        self.client = client
+        self.environment = environment
+        self.port = port
+        self.network = network
+        self.publish_address = publish_address
+        self.env = dict(env or {})
+        self.worker_command = worker_command or [
+            "celery",
+            "-A",
+            "app.worker",
+            "worker",
+            "--loglevel=info",
+        ]
+        self.registry_auth = registry_auth
+
+    # -- names ---------------------------------------------------------------------------
+    @property
+    def api_name(self) -> str:
+        return f"{self.environment}-api"
+
+    @property
+    def previous_api_name(self) -> str:
+        return f"{self.environment}-api-previous"
+
+    # -- facts ---------------------------------------------------------------------------
+    def check(self) -> None:
+        self._call("reach the Docker engine", self.client.ping)
+
+    def read_state(self) -> TargetState:
+        api = self._container(self.api_name)
+        workers = self._workers()
+        api_state = (
+            ServiceState(
+                image=api.labels.get(L_IMAGE),
+                version=api.labels.get(L_VERSION),
+                replicas=1 if api.status == "running" else 0,
+                revision=api.id,
+            )
+            if api
+            else ServiceState()
+        )
+        running = [w for w in workers if w.status == "running"]
+        if running:
+            first = running[0].labels
+            worker_state = ServiceState(
+                image=first.get(L_IMAGE), version=first.get(L_VERSION), replicas=len(running)
+            )
+        else:
+            worker_state = ServiceState()
+        return TargetState(api=api_state, workers=worker_state)
+
+    def candidate_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers_alive(self, image: str, count: int) -> WorkerHealth:
+        workers = [w for w in self._workers() if w.labels.get(L_IMAGE) == image]
+        ready, notes = 0, []
+        for worker in workers:
+            worker.reload()
+            if worker.status != "running":
+                notes.append(f"{worker.name} is {worker.status}")
+                continue
+            if WORKER_READY in worker.logs(tail=200).decode(errors="replace"):
+                ready += 1
+            else:
+                notes.append(f"{worker.name} not ready yet")
+        return WorkerHealth(expected=count, ready=ready, detail="; ".join(notes))
+
+    # -- operations ----------------------------------------------------------------------
+    def deploy_api(self, image: str, version: str) -> None:
+        current = self._container(self.api_name)
+        stale = self._container(self.previous_api_name)
+        if stale:
+            self._call("remove the stale previous API", stale.remove, force=True)
+        if current:
+            self._call("stop the current API", current.stop, timeout=10)
+            self._call("keep the current API as previous", current.rename, self.previous_api_name)
+        self._run_api(image, version)
+
+    def promote_api(self) -> None:
+        previous = self._container(self.previous_api_name)
+        if previous:
+            self._call("remove the previous API", previous.remove, force=True)
+
+    def scale_workers(self, image: str, version: str, count: int) -> None:
+        workers = self._workers()
+        keep = [w for w in workers if w.labels.get(L_IMAGE) == image and w.status == "running"]
+        for extra in keep[count:]:
+            self._call(f"remove worker {extra.name}", extra.remove, force=True)
+        keep = keep[:count]
+        for old in (w for w in workers if w not in keep):
+            self._call(f"remove worker {old.name}", old.remove, force=True)
+        taken = {w.name for w in keep}
+        index = 0
+        while len(taken) < count:
+            name = f"{self.environment}-worker-{index}"
+            index += 1
+            if name in taken:
+                continue
+            self._start(name, image, version, "worker", command=self.worker_command)
+            taken.add(name)
+
+    def run_oneoff(
+        self, image: str, command: list[str], env: dict[str, str], timeout: float
+    ) -> OneOffResult:
+        def run() -> OneOffResult:
+            container = self.client.containers.run(
+                image,
+                command,
+                detach=True,
+                environment={**self.env, **env},
+                network_mode="host" if self.network == "host" else self.network,
+                labels={L_ENV: self.environment, L_SERVICE: "oneoff"},
+            )
+            try:
+                try:
+                    status = container.wait(timeout=timeout)
+                except requests.exceptions.ReadTimeout:
+                    container.kill()
+                    output = container.logs().decode(errors="replace")
+                    return OneOffResult(124, output + f"\n(killed after {timeout:.0f} s)")
+                return OneOffResult(status["StatusCode"], container.logs().decode(errors="replace"))
+            finally:
+                container.remove(force=True)
+
+        self._ensure_image(image)
+        return self._call(f"run {' '.join(command)} in {image}", run)
+
+    def restore_api(self, state: ServiceState) -> None:
+        current = self._container(self.api_name)
+        previous = self._container(self.previous_api_name)
+        if current:
+            self._call("remove the failed API", current.remove, force=True)
+        if state.image is None:
+            if previous:
+                self._call("remove the previous API", previous.remove, force=True)
+            return
+        if previous and previous.id == state.revision:
+            self._call("rename the previous API back", previous.rename, self.api_name)
+            self._call("start the previous API", previous.start)
+            return
+        if previous:
+            self._call("remove the previous API", previous.remove, force=True)
+        self._run_api(state.image, state.version or "unknown")
+
+    def restore_workers(self, state: ServiceState) -> None:
+        if state.image is None or state.replicas == 0:
+            for worker in self._workers():
+                self._call(f"remove worker {worker.name}", worker.remove, force=True)
+            return
+        self.scale_workers(state.image, state.version or "unknown", state.replicas)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _run_api(self, image: str, version: str) -> None:
+        ports = None
+        if self.network != "host":
+            ports = {f"{self.port}/tcp": (self.publish_address, self.port)}
+        self._start(self.api_name, image, version, "api", ports=ports)
+
+    def _start(self, name: str, image: str, version: str, service: str, **kwargs) -> None:
+        self._ensure_image(image)
+        labels = {L_ENV: self.environment, L_SERVICE: service, L_VERSION: version, L_IMAGE: image}
+        self._call(
+            f"start {name}",
+            self.client.containers.run,
+            image,
+            name=name,
+            detach=True,
+            labels=labels,
+            environment={**self.env, "PORT": str(self.port), "APP_ENVIRONMENT": self.environment},
+            network_mode="host" if self.network == "host" else self.network,
+            restart_policy={"Name": "unless-stopped"},
+            **kwargs,
+        )
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            self._call(
+                f"pull {image}", self.client.images.pull, image, auth_config=self.registry_auth
+            )
+
+    def _container(self, name: str):
+        try:
+            return self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise classify_engine_error(exc, f"inspect container {name}") from None
+
+    def _workers(self) -> list:
+        filters = {"label": [f"{L_ENV}={self.environment}", f"{L_SERVICE}=worker"]}
+        workers = self._call("list workers", self.client.containers.list, all=True, filters=filters)
+        return sorted(workers, key=lambda c: c.name)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ReleaseError:
+            raise
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise classify_engine_error(exc, what) from None

@@ -1,0 +1,1 @@
+"""Prefect tasks, one module per release step. Platform-free: they talk to a Target."""

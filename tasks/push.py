@@ -1,0 +1,32 @@
+"""push: log in with the registry credentials block, push, return the pinned digest."""
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect_docker import DockerHost, DockerRegistryCredentials
+
+from targets.engine import login, push_image, registry_auth
+from targets.images import parse_image_reference
+from tasks.engine import engine_client
+from tasks.retry import transient_retries
+
+
+@task(name="push", cache_policy=NO_CACHE, **transient_retries(3))
+def push(
+    reference: str,
+    credentials: DockerRegistryCredentials | None = None,
+    docker_host: DockerHost | None = None,
+) -> str:
+    """Push repository:tag and return repository@sha256:... as the registry serves it.
+    Refused credentials fail at once; unreachable registries are retried with backoff."""
+    logger = get_run_logger()
+    ref = parse_image_reference(reference)
+    auth = None
+    with engine_client(docker_host) as client:
+        if credentials is not None:
+            auth = registry_auth(credentials.username, credentials.password.get_secret_value())
+            login(client, credentials.registry_url or ref.registry or "", auth)
+            logger.info(f"logged in to {credentials.registry_url} as {credentials.username}")
+        pinned, uploaded = push_image(client, reference, auth, logger.info)
+    if not uploaded:
+        logger.info(f"{pinned} was already in the registry")
+    return pinned

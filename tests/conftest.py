@@ -1,0 +1,127 @@
+import os
+
+# Tests wait less between retries than production does; set before tasks are imported.
+os.environ.setdefault("RELEASE_RETRY_BACKOFF_SECONDS", "0.2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+import shutil  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from prefect.blocks.system import Secret  # noqa: E402
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+from prefect_docker import DockerRegistryCredentials  # noqa: E402
+
+from blocks.environment import ReleaseEnvironment  # noqa: E402
+from targets.docker_host import L_ENV  # noqa: E402
+from targets.engine import build_image, login, push_image, registry_auth  # noqa: E402
+from tests import services  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BACKEND = REPO_ROOT / "examples" / "backend"
+TEST_REPOSITORY = f"{services.REGISTRY_ADDR}/tests/backend"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """One Prefect test API for the session (starting one costs ~10 s)."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def engine():
+    return services.docker_engine()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return services.registry()
+
+
+@pytest.fixture(scope="session")
+def pg():
+    return services.postgres()
+
+
+@pytest.fixture
+def database(pg):
+    """A fresh, empty PostgreSQL database for one test."""
+    name = pg.create_database()
+    yield name
+    pg.drop_database(name)
+
+
+def backend_context(root: Path, head: str = "0003", extra: dict[str, str] | None = None) -> Path:
+    """A copy of examples/backend as an older or newer checkout would be: revisions after
+    `head` removed, `extra` files (e.g. new revisions) added."""
+    root.mkdir(parents=True, exist_ok=True)
+    context = root / f"backend-{head}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(BACKEND, context, ignore=shutil.ignore_patterns("__pycache__"))
+    for revision in (context / "migrations" / "versions").glob("*.py"):
+        if revision.name.split("_", 1)[0] > head:
+            revision.unlink()
+    for rel, text in (extra or {}).items():
+        (context / rel).write_text(text)
+    return context
+
+
+@pytest.fixture(scope="session")
+def build_backend(engine, registry, tmp_path_factory) -> Callable[..., str]:
+    """Build and push a backend variant once per session; returns its pinned reference."""
+    built: dict[tuple, str] = {}
+    auth = registry_auth(registry.username, registry.password)
+    login(engine, registry.address, auth)
+    root = tmp_path_factory.mktemp("contexts")
+
+    def build(version: str, head: str = "0003", **build_args: str) -> str:
+        key = (version, head, tuple(sorted(build_args.items())))
+        if key not in built:
+            context = backend_context(root, head)
+            image = build_image(
+                engine,
+                context,
+                TEST_REPOSITORY,
+                version,
+                lambda _: None,
+                {k.upper(): v for k, v in build_args.items()},
+            )
+            built[key], _ = push_image(engine, image.reference, auth, lambda _: None)
+        return built[key]
+
+    return build
+
+
+@pytest.fixture
+def make_env(pg, registry, engine) -> Callable[..., ReleaseEnvironment]:
+    """A ReleaseEnvironment on the local Docker host, its containers removed afterwards."""
+    names: list[str] = []
+
+    def make(database: str, **overrides) -> ReleaseEnvironment:
+        name = overrides.pop("environment", f"t-{uuid.uuid4().hex[:8]}")
+        names.append(name)
+        fields = dict(
+            environment=name,
+            image_repository=TEST_REPOSITORY,
+            registry_credentials=DockerRegistryCredentials(
+                username=registry.username,
+                password=registry.password,
+                registry_url=registry.address,
+            ),
+            database_url=Secret(value=pg.url(database)),
+            api_port=services.free_port(),
+            health_budget_seconds=30,
+            health_consecutive=2,
+            health_interval_seconds=0.5,
+            worker_count=1,
+        )
+        fields.update(overrides)
+        return ReleaseEnvironment(**fields)
+
+    yield make
+    for name in names:
+        for container in engine.containers.list(all=True, filters={"label": f"{L_ENV}={name}"}):
+            container.remove(force=True)

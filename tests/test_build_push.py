@@ -1,0 +1,110 @@
+import subprocess
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect_docker import DockerRegistryCredentials
+
+from blocks.environment import load_environment
+from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from tasks.build import build
+from tasks.push import push
+from tests.conftest import TEST_REPOSITORY, backend_context
+
+pytestmark = pytest.mark.docker
+
+
+def creds(registry, password=None, address=None):
+    return DockerRegistryCredentials(
+        username=registry.username,
+        password=password or registry.password,
+        registry_url=address or registry.address,
+    )
+
+
+def test_build_then_push_serves_the_same_digest(engine, registry, tmp_path):
+    context = backend_context(tmp_path)
+    built = build(str(context), TEST_REPOSITORY, version=f"bp-{uuid.uuid4().hex[:6]}")
+
+    image = engine.images.get(built.reference)
+    assert image.id == built.image_id
+    assert image.labels["org.opencontainers.image.version"] == built.version
+
+    pinned = push(built.reference, creds(registry))
+    repository, digest = pinned.split("@")
+    assert repository == TEST_REPOSITORY
+    assert registry.manifest_digest("tests/backend", built.version) == digest
+
+    # Pushing again sends nothing and answers with the same digest.
+    assert push(built.reference, creds(registry)) == pinned
+
+
+def test_build_from_git_url_and_ref_labels_the_commit(engine, tmp_path):
+    repo = backend_context(tmp_path / "git")
+    git = ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "backend"], check=True)
+    commit = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    (repo / "later.txt").write_text("a later commit must not be built")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "later"], check=True)
+
+    built = build(f"file://{repo}", TEST_REPOSITORY, version="from-git", git_ref=commit)
+
+    labels = engine.images.get(built.reference).labels
+    assert labels["org.opencontainers.image.revision"] == commit
+    assert built.source_revision == commit
+
+
+def test_wrong_password_is_refused_and_nothing_is_pushed(registry, tmp_path):
+    tag = f"wrongpw-{uuid.uuid4().hex[:6]}"
+    built = build(str(backend_context(tmp_path)), TEST_REPOSITORY, version=tag)
+
+    state = push(built.reference, creds(registry, password="not-the-password"), return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(AuthenticationError, match="refused the credentials") as info:
+        state.result()
+    assert "not-the-password" not in str(info.value)
+    assert _run_count(state) == 1  # refused credentials are not retried
+    assert registry.manifest_digest("tests/backend", tag) is None
+
+
+def test_unreachable_registry_is_retried_then_fails_clearly(engine, registry, tmp_path):
+    built = build(str(backend_context(tmp_path)), TEST_REPOSITORY, version="unreachable")
+    engine.images.get(built.reference).tag("127.0.0.1:5999/tests/backend", "unreachable")
+
+    state = push(
+        "127.0.0.1:5999/tests/backend:unreachable",
+        creds(registry, address="127.0.0.1:5999"),
+        return_state=True,
+    )
+
+    assert state.is_failed()
+    with pytest.raises(TransientError, match="127.0.0.1:5999"):
+        state.result()
+    assert _run_count(state) == 4  # first try + 3 retries with backoff
+
+
+@pytest.mark.parametrize("reference", ["127.0.0.1:5000/Tests/Backend:v1", "tests/backend:-x"])
+def test_malformed_image_reference_is_refused(registry, reference):
+    with pytest.raises(ConfigurationError, match="invalid image reference"):
+        push(reference, creds(registry))
+
+
+def test_nonexistent_build_context_is_refused(tmp_path):
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        build(str(tmp_path / "nope"), TEST_REPOSITORY, version="x")
+
+
+def test_missing_environment_block_names_the_fix():
+    with pytest.raises(ConfigurationError, match="unknown environment 'nowhere'.*README"):
+        load_environment("nowhere")
+
+
+def _run_count(state) -> int:
+    with get_client(sync_client=True) as client:
+        return client.read_task_run(state.state_details.task_run_id).run_count
