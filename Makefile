@@ -30,5 +30,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+demo: $(STAMP)
+	scripts/services.sh all
+	$(PY) examples/demo.py
+
 clean:
 	rm -rf $(VENV) bench/results.json

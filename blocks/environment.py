@@ -195,3 +195,8 @@ def registry_auth(env: ReleaseEnvironment) -> dict[str, str] | None:
     if creds is None:
         return None
     return {"username": creds.username, "password": creds.password.get_secret_value()}
+
+
+def push_credentials(env: ReleaseEnvironment) -> DockerRegistryCredentials | None:
+    """Credentials to push to and pull from the environment's image repository."""
+    return env.registry_credentials

@@ -67,6 +67,9 @@ class Target(Protocol):
     def candidate_url(self) -> str:
         """Base URL where the candidate API answers (before it takes user traffic)."""
 
+    def service_url(self) -> str:
+        """Base URL where users reach the API (what a rollback verifies)."""
+
     def promote_api(self) -> None:
         """The verified candidate takes all traffic; the previous version is retired."""
 

@@ -87,7 +87,12 @@ class DockerHostTarget:
         return TargetState(api=api_state, workers=worker_state)
 
     def candidate_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The candidate replaces the API on the same port: both URLs are the same."""
+        return self.service_url()
+
+    def service_url(self) -> str:
+        host = "127.0.0.1" if self.network == "host" else self.publish_address
+        return f"http://{host}:{self.port}"
 
     def workers_alive(self, image: str, count: int) -> WorkerHealth:
         workers = [w for w in self._workers() if w.labels.get(L_IMAGE) == image]
@@ -105,11 +110,17 @@ class DockerHostTarget:
 
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
+        """Stop the running API and keep it as `<env>-api-previous`, then start `image`.
+        Safe to retry: a retry after a half-done attempt keeps the previous container."""
         current = self._container(self.api_name)
-        stale = self._container(self.previous_api_name)
-        if stale:
-            self._call("remove the stale previous API", stale.remove, force=True)
-        if current:
+        if current and current.labels.get(L_IMAGE) == image and current.status == "running":
+            return
+        if current and current.labels.get(L_IMAGE) == image:
+            self._call("remove the failed candidate", current.remove, force=True)
+        elif current:
+            stale = self._container(self.previous_api_name)
+            if stale:
+                self._call("remove the API kept from an earlier release", stale.remove, force=True)
             self._call("stop the current API", current.stop, timeout=10)
             self._call("keep the current API as previous", current.rename, self.previous_api_name)
         self._run_api(image, version)
@@ -164,21 +175,22 @@ class DockerHostTarget:
         return self._call(f"run {' '.join(command)} in {image}", run)
 
     def restore_api(self, state: ServiceState) -> None:
+        """Bring back the recorded API: restart the kept container when it is the one
+        recorded, otherwise run the recorded image again. No rebuild either way."""
         current = self._container(self.api_name)
-        previous = self._container(self.previous_api_name)
+        if current and current.id == state.revision and current.status == "running":
+            return
         if current:
             self._call("remove the failed API", current.remove, force=True)
-        if state.image is None:
-            if previous:
-                self._call("remove the previous API", previous.remove, force=True)
-            return
+        previous = self._container(self.previous_api_name)
         if previous and previous.id == state.revision:
             self._call("rename the previous API back", previous.rename, self.api_name)
             self._call("start the previous API", previous.start)
             return
         if previous:
             self._call("remove the previous API", previous.remove, force=True)
-        self._run_api(state.image, state.version or "unknown")
+        if state.image is not None:
+            self._run_api(state.image, state.version or "unknown")
 
     def restore_workers(self, state: ServiceState) -> None:
         if state.image is None or state.replicas == 0:

@@ -275,3 +275,26 @@ def _classify_push_error(detail: str, reference: str) -> ReleaseError:
     if any(m in lowered for m in _TRANSIENT_MARKERS):
         return TransientError(f"push of {reference} failed: {detail}")
     return StepFailed(f"push of {reference} failed: {detail}")
+
+
+def resolve_image(
+    client: docker.DockerClient, reference: str, auth: dict[str, str] | None
+) -> tuple[str, str]:
+    """A released-elsewhere image: (pinned repo@sha256:..., version from its label)."""
+    ref = parse_image_reference(reference)
+    what = f"resolve image {reference}"
+    try:
+        digest = ref.digest or _registry_digest(client, reference, auth)
+        if not digest:
+            raise ConfigurationError(
+                f"image {reference} is not in the registry (or the credentials cannot see it): "
+                "push it first or fix the reference"
+            )
+        pinned = f"{ref.name}@{digest}"
+        image = client.images.pull(pinned, auth_config=auth)
+    except ReleaseError:
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise classify_engine_error(exc, what) from None
+    version = image.labels.get("org.opencontainers.image.version") or ref.tag or digest[7:19]
+    return pinned, version

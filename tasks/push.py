@@ -4,7 +4,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker import DockerHost, DockerRegistryCredentials
 
-from targets.engine import login, push_image, registry_auth
+from targets.engine import login, push_image, registry_auth, resolve_image
 from targets.images import parse_image_reference
 from tasks.engine import engine_client
 from tasks.retry import transient_retries
@@ -30,3 +30,19 @@ def push(
     if not uploaded:
         logger.info(f"{pinned} was already in the registry")
     return pinned
+
+
+@task(name="resolve-image", cache_policy=NO_CACHE, **transient_retries(3))
+def resolve(
+    reference: str,
+    credentials: DockerRegistryCredentials | None = None,
+    docker_host: DockerHost | None = None,
+) -> tuple[str, str]:
+    """For a release of an existing image: its pinned digest and version label."""
+    auth = None
+    if credentials is not None:
+        auth = registry_auth(credentials.username, credentials.password.get_secret_value())
+    with engine_client(docker_host) as client:
+        pinned, version = resolve_image(client, reference, auth)
+    get_run_logger().info(f"releasing existing image {pinned} (version {version})")
+    return pinned, version

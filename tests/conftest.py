@@ -55,9 +55,12 @@ def database(pg):
     pg.drop_database(name)
 
 
-def backend_context(root: Path, head: str = "0003", extra: dict[str, str] | None = None) -> Path:
+def backend_context(
+    root: Path, head: str = "0003", extra: dict[str, str] | None = None, **faults: str
+) -> Path:
     """A copy of examples/backend as an older or newer checkout would be: revisions after
-    `head` removed, `extra` files (e.g. new revisions) added."""
+    `head` removed, `extra` files (e.g. new revisions) added, and failure switches
+    (`fail_health="1"`, `fail_migration="0003"`) baked in as the Dockerfile's defaults."""
     root.mkdir(parents=True, exist_ok=True)
     context = root / f"backend-{head}-{uuid.uuid4().hex[:6]}"
     shutil.copytree(BACKEND, context, ignore=shutil.ignore_patterns("__pycache__"))
@@ -66,6 +69,11 @@ def backend_context(root: Path, head: str = "0003", extra: dict[str, str] | None
             revision.unlink()
     for rel, text in (extra or {}).items():
         (context / rel).write_text(text)
+    dockerfile = context / "Dockerfile"
+    for name, value in faults.items():
+        arg = f"ARG {name.upper()}="
+        assert arg in dockerfile.read_text(), f"Dockerfile has no {arg}"
+        dockerfile.write_text(dockerfile.read_text().replace(arg, arg + value))
     return context
 
 
@@ -113,7 +121,7 @@ def make_env(pg, registry, engine) -> Callable[..., ReleaseEnvironment]:
             ),
             database_url=Secret(value=pg.url(database)),
             api_port=services.free_port(),
-            health_budget_seconds=30,
+            health_budget_seconds=10,
             health_consecutive=2,
             health_interval_seconds=0.5,
             worker_count=1,

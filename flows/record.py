@@ -1,0 +1,89 @@
+"""The release record: one per environment while a release is in flight.
+
+It is the saga log. It holds the snapshot (the rollback point), the image being released
+and the compensations registered so far, and it lives in a Prefect Variable, so a later
+`rollback` run can undo a release whose process died midway. Its presence also keeps a
+second release of the same environment from starting.
+"""
+
+from dataclasses import dataclass, field
+
+from prefect.variables import Variable
+
+from targets.errors import ConfigurationError
+from tasks.snapshot import Snapshot
+
+# Compensations, in the order a rollback applies them: the previous application first,
+# then the schema (migrations are expand/contract, so old code runs on the new schema).
+API, WORKERS, SCHEMA = "api", "workers", "schema"
+ROLLBACK_ORDER = (API, WORKERS, SCHEMA)
+
+
+def _key(environment: str) -> str:
+    return f"release-record-{environment}"
+
+
+@dataclass
+class ReleaseRecord:
+    environment: str
+    flow_run_id: str | None
+    image: str | None = None
+    version: str | None = None
+    snapshot: Snapshot | None = None
+    compensations: list[str] = field(default_factory=list)
+
+    def save(self) -> None:
+        Variable.set(_key(self.environment), self.to_dict(), overwrite=True)
+
+    def register(self, compensation: str) -> None:
+        """Record an undo step BEFORE its mutation runs: a step that fails halfway has
+        already changed something, and every compensation is safe to apply regardless."""
+        if compensation not in self.compensations:
+            self.compensations.append(compensation)
+            self.save()
+
+    def clear(self) -> None:
+        Variable.unset(_key(self.environment))
+
+    def to_dict(self) -> dict:
+        return {
+            "environment": self.environment,
+            "flow_run_id": self.flow_run_id,
+            "image": self.image,
+            "version": self.version,
+            "snapshot": self.snapshot.to_dict() if self.snapshot else None,
+            "compensations": list(self.compensations),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ReleaseRecord":
+        snapshot = Snapshot.from_dict(data["snapshot"]) if data.get("snapshot") else None
+        return cls(
+            environment=data["environment"],
+            flow_run_id=data.get("flow_run_id"),
+            image=data.get("image"),
+            version=data.get("version"),
+            snapshot=snapshot,
+            compensations=list(data.get("compensations", [])),
+        )
+
+
+def load_record(environment: str) -> ReleaseRecord | None:
+    data = Variable.get(_key(environment))
+    return ReleaseRecord.from_dict(data) if data else None
+
+
+def claim(environment: str, flow_run_id: str | None) -> ReleaseRecord:
+    """Start the record for a new release, or refuse when one is already in flight.
+    Creating the variable without overwrite is atomic: two claims cannot both win."""
+    record = ReleaseRecord(environment=environment, flow_run_id=flow_run_id)
+    try:
+        Variable.set(_key(environment), record.to_dict(), overwrite=False)
+    except ValueError:
+        existing = load_record(environment)
+        raise ConfigurationError(
+            f"a release to {environment!r} is already in flight or died midway (flow run "
+            f"{existing.flow_run_id if existing else '?'}). Wait for it to end, or undo it "
+            f"with the rollback flow: `python -m flows.rollback {environment}`"
+        ) from None
+    return record
