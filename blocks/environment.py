@@ -14,6 +14,12 @@ from prefect.blocks.system import Secret
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import Field, field_validator
 
+from blocks.cloud_run import CloudRunSettings
+from blocks.cloud_run import connect as connect_cloud_run
+from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
+from blocks.ecs import EcsSettings, confirm_pushed_image
+from blocks.ecs import connect as connect_ecs
+from blocks.ecs import registry_credentials as ecr_registry_credentials
 from targets.base import Target
 from targets.docker_host import DockerHostTarget
 from targets.errors import ConfigurationError, TransientError
@@ -52,6 +58,14 @@ class ReleaseEnvironment(Block):
         default_factory=dict,
         description="Plain environment variables for every container (no secrets here: "
         "they are stored and shown in clear).",
+    )
+    cloud_run: CloudRunSettings | None = Field(
+        default=None,
+        description="Cloud Run project, region, services and GCP credentials (target 'cloudrun').",
+    )
+    ecs: EcsSettings | None = Field(
+        default=None,
+        description="ECS cluster, services and AWS credentials (target 'ecs').",
     )
     # Docker host target.
     docker_host: DockerHost = Field(
@@ -182,7 +196,26 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             worker_command=env.worker_command,
             registry_auth=registry_auth(env),
         )
+    if env.target == "cloudrun":
+        return connect_cloud_run(
+            _settings(env, "cloud_run"),
+            env.environment,
+            container_env(env),
+            worker_command=env.worker_command,
+        )
+    if env.target == "ecs":
+        return connect_ecs(_settings(env, "ecs"), env.environment, container_env(env))
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
+
+
+def _settings(env: ReleaseEnvironment, field: str):
+    settings = getattr(env, field)
+    if settings is None:
+        raise ConfigurationError(
+            f"environment {env.environment!r} has target {env.target!r} but no `{field}` "
+            f"settings: set its `{field}` field to a settings block (see README)"
+        )
+    return settings
 
 
 def container_env(env: ReleaseEnvironment) -> dict[str, str]:
@@ -198,5 +231,19 @@ def registry_auth(env: ReleaseEnvironment) -> dict[str, str] | None:
 
 
 def push_credentials(env: ReleaseEnvironment) -> DockerRegistryCredentials | None:
-    """Credentials to push to and pull from the environment's image repository."""
-    return env.registry_credentials
+    """Credentials to push to and pull from the environment's image repository: the
+    registry credentials block, or else a token from the cloud target's credentials."""
+    if env.registry_credentials is not None or env.target == "docker":
+        return env.registry_credentials
+    registry = parse_image_reference(env.image_repository).registry
+    if env.target == "cloudrun":
+        return cloud_run_registry_credentials(_settings(env, "cloud_run"), registry or "")
+    if env.target == "ecs":
+        return ecr_registry_credentials(_settings(env, "ecs"), registry)
+    raise ConfigurationError(f"target {env.target!r} is not supported by this version")
+
+
+def confirm_push(env: ReleaseEnvironment, pinned: str) -> None:
+    """Where the registry has its own API (ECR), check it lists the pushed digest."""
+    if env.target == "ecs":
+        confirm_pushed_image(_settings(env, "ecs"), pinned)

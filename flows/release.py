@@ -15,7 +15,7 @@ release ends Failed with a message saying which step failed, why, and what was r
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from blocks.environment import connect_target, load_environment, push_credentials
+from blocks.environment import confirm_push, connect_target, load_environment, push_credentials
 from flows.record import API, SCHEMA, WORKERS, claim
 from flows.rollback import RollbackFailed, rollback
 from flows.summary import ReleaseSummary, Timeline
@@ -113,6 +113,7 @@ def _release(env, record, timeline, source, git_ref, image, version, workers, dr
             docker_host=env.docker_host,
         )
         pinned = timeline.run("push", push, built.reference, credentials, env.docker_host)
+        confirm_push(env, pinned)
         version = built.version
     else:
         pinned, version = timeline.run(

@@ -1,0 +1,161 @@
+"""Cloud Run settings block: where the Cloud Run target deploys and with which credentials.
+
+Referenced by a Release Environment whose target is "cloudrun". Register the block type with
+`prefect block register -m blocks.cloud_run`.
+"""
+
+import re
+
+import google.auth.transport.requests
+from google.auth import exceptions as auth_exceptions
+from prefect.blocks.core import Block
+from prefect_docker import DockerRegistryCredentials
+from prefect_gcp import GcpCredentials
+from pydantic import Field, field_validator
+
+from targets.cloud_run import CloudRunTarget
+from targets.errors import AuthenticationError, ConfigurationError, TransientError
+
+_REGION = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
+_PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_RESOURCE = re.compile(r"^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$")
+_CLOUDSQL = re.compile(r"^[a-z][a-z0-9-:.]*:[a-z]+(-[a-z]+)+[0-9]+:[a-z][a-z0-9-]*$")
+ARTIFACT_REGISTRY_USER = "oauth2accesstoken"
+
+
+class CloudRunSettings(Block):
+    """The Google Cloud project, region, services and job a Cloud Run release uses."""
+
+    _block_type_name = "Cloud Run Settings"
+    _block_type_slug = "cloud-run-settings"
+    _description = (
+        "Cloud Run target of a release environment: GCP credentials (service-account key), "
+        "project, region, the API and worker services, the migration job and Cloud SQL."
+    )
+
+    gcp_credentials: GcpCredentials = Field(
+        description="Service-account credentials. The account needs Cloud Run Developer and "
+        "Service Account User; the same key logs in to Artifact Registry."
+    )
+    project: str = Field(description="GCP project id, e.g. 'rhesis-staging'.")
+    region: str = Field(description="Cloud Run region, e.g. 'europe-west1'.")
+    api_service: str = Field(description="Cloud Run service of the API (must exist).")
+    worker_service: str = Field(
+        description="Cloud Run service of the Celery workers (must exist); its minimum "
+        "instance count is the worker count and its CPU is always allocated."
+    )
+    migration_job: str = Field(
+        default="migrate",
+        description="Cloud Run job that runs one-off commands such as `alembic upgrade head` "
+        "(created on first use).",
+    )
+    cloudsql_instances: list[str] = Field(
+        default_factory=list,
+        description="Cloud SQL instances ('project:region:instance') mounted under /cloudsql "
+        "in every revision and job, as gcloud's --add-cloudsql-instances does.",
+    )
+    api_endpoint: str | None = Field(
+        default=None,
+        description="Cloud Run Admin API endpoint; None: Google's default (run.googleapis.com).",
+    )
+    operation_timeout_seconds: float = Field(
+        default=600, gt=0, description="Deadline for one Cloud Run operation (e.g. a rollout)."
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _valid_region(cls, value: str) -> str:
+        if not _REGION.match(value):
+            raise ValueError(
+                f"region {value!r} is not a Cloud Run region: expected the shape "
+                "'<area>-<direction><number>', e.g. 'europe-west1' or 'us-central1'"
+            )
+        return value
+
+    @field_validator("project")
+    @classmethod
+    def _valid_project(cls, value: str) -> str:
+        if not _PROJECT.match(value):
+            raise ValueError(
+                f"project {value!r} is not a GCP project id: 6-30 lowercase letters, digits "
+                "and '-', starting with a letter (the id, not the display name)"
+            )
+        return value
+
+    @field_validator("api_service", "worker_service", "migration_job")
+    @classmethod
+    def _valid_resource(cls, value: str) -> str:
+        if not _RESOURCE.match(value):
+            raise ValueError(
+                f"{value!r} is not a Cloud Run service/job name: lowercase letters, digits "
+                "and '-', starting with a letter, at most 49 characters"
+            )
+        return value
+
+    @field_validator("cloudsql_instances")
+    @classmethod
+    def _valid_instances(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _CLOUDSQL.match(name):
+                raise ValueError(
+                    f"Cloud SQL instance {name!r} must be the connection name "
+                    "'project:region:instance', e.g. 'rhesis-staging:europe-west1:db'"
+                )
+        return value
+
+
+def connect(
+    settings: CloudRunSettings | None,
+    environment_name: str,
+    container_env: dict[str, str],
+    worker_command: list[str] | None = None,
+) -> CloudRunTarget:
+    """The Cloud Run adapter for an environment (its `cloud_run` settings block)."""
+    if settings is None:
+        raise ConfigurationError(
+            f"environment {environment_name!r} has target 'cloudrun' but no Cloud Run settings: "
+            "create a Cloud Run Settings block and set it as the environment's cloud_run field"
+        )
+    credentials = _credentials(settings)
+    return CloudRunTarget(
+        credentials,
+        project=settings.project,
+        region=settings.region,
+        api_service=settings.api_service,
+        worker_service=settings.worker_service,
+        migration_job=settings.migration_job,
+        env={**container_env, "APP_ENVIRONMENT": environment_name},
+        cloudsql_instances=settings.cloudsql_instances,
+        worker_command=worker_command,
+        api_endpoint=settings.api_endpoint,
+        operation_timeout=settings.operation_timeout_seconds,
+    )
+
+
+def registry_credentials(
+    settings: CloudRunSettings, registry_host: str
+) -> DockerRegistryCredentials:
+    """Artifact Registry login (REGION-docker.pkg.dev): an access token of the service account."""
+    credentials = _credentials(settings)
+    try:
+        credentials.refresh(google.auth.transport.requests.Request())
+    except auth_exceptions.RefreshError:
+        raise AuthenticationError(
+            "Google refused the service-account key when asked for an access token: replace "
+            "the key in the GcpCredentials block"
+        ) from None
+    except auth_exceptions.TransportError as exc:
+        raise TransientError(f"the Google token endpoint did not answer ({exc})") from None
+    return DockerRegistryCredentials(
+        username=ARTIFACT_REGISTRY_USER, password=credentials.token, registry_url=registry_host
+    )
+
+
+def _credentials(settings: CloudRunSettings):
+    try:
+        return settings.gcp_credentials.get_credentials_from_service_account()
+    except auth_exceptions.DefaultCredentialsError:
+        raise ConfigurationError(
+            "the GcpCredentials block has no service-account key and no application default "
+            "credentials exist: add the key JSON as service_account_info"
+        ) from None

@@ -1,0 +1,141 @@
+"""ECS settings block: which cluster and services a release environment deploys to, how a
+rollout is judged, and the AwsCredentials block (region, keys, optional endpoint) to reach
+ECS and ECR with. Also the ECR side of a push: registry login from an ECR authorization token,
+and the pushed digest confirmed with `describe_images`.
+"""
+
+import base64
+from urllib.parse import urlparse
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prefect.blocks.core import Block
+from prefect_aws import AwsCredentials
+from prefect_docker import DockerRegistryCredentials
+from pydantic import Field
+
+from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget, RolloutPolicy, classify_aws_error
+from targets.errors import ConfigurationError, StepFailed
+from targets.images import parse_image_reference
+
+
+class EcsSettings(Block):
+    """Where an ECS release goes (cluster, services, container) and how its rollout is judged."""
+
+    _block_type_name = "ECS Settings"
+    _block_type_slug = "ecs-settings"
+    _description = (
+        "AWS ECS target of a release environment: credentials, cluster, API and worker "
+        "services, the container whose image a release replaces, and rollout limits."
+    )
+
+    aws_credentials: AwsCredentials = Field(
+        description="AWS credentials block: keys, region, and (optionally) a custom endpoint "
+        "under aws_client_parameters.endpoint_url."
+    )
+    cluster: str = Field(description="ECS cluster name or ARN.")
+    api_service: str = Field(description="ECS service running the API.")
+    worker_service: str = Field(description="ECS service running the Celery workers.")
+    container_name: str = Field(
+        description="Name of the container, in both services' task definitions, whose image "
+        "a release replaces."
+    )
+    api_url: str = Field(
+        description="Base URL where the API answers (the load balancer's URL), used to verify."
+    )
+    version_label: str = Field(
+        default=DEFAULT_VERSION_LABEL,
+        description="Docker label on the container definition that records the released version.",
+    )
+    rollout_deadline_seconds: float = Field(
+        default=600, gt=0, description="Deadline for a service rollout (Argo Rollouts: 600 s)."
+    )
+    rollout_poll_seconds: float = Field(
+        default=5, gt=0, description="How often the rollout is polled."
+    )
+    failed_tasks_threshold: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stopped tasks of a new deployment that fail its rollout. Empty: ECS's "
+        "circuit-breaker rule (half the desired count, at least 3, at most 200).",
+    )
+    read_task_logs: bool = Field(
+        default=True,
+        description="Read one-off task output (migrations) from CloudWatch Logs when the "
+        "container uses the awslogs driver (needs logs:GetLogEvents).",
+    )
+
+
+def connect(settings: EcsSettings, environment_name: str, container_env: dict[str, str]):
+    """The ECS adapter for an environment. `container_env` (plain variables and the database
+    URL) only fills gaps in one-off tasks' environment: the services' task definitions keep
+    their own environment and secrets."""
+    creds = settings.aws_credentials
+    return EcsTarget(
+        _client(creds, "ecs"),
+        cluster=settings.cluster,
+        api_service=settings.api_service,
+        worker_service=settings.worker_service,
+        container_name=settings.container_name,
+        api_url=settings.api_url,
+        version_label=settings.version_label,
+        rollout=RolloutPolicy(
+            deadline_seconds=settings.rollout_deadline_seconds,
+            poll_seconds=settings.rollout_poll_seconds,
+            failed_tasks_threshold=settings.failed_tasks_threshold,
+        ),
+        logs=_client(creds, "logs") if settings.read_task_logs else None,
+        oneoff_env={**container_env, "APP_ENVIRONMENT": environment_name},
+    )
+
+
+def registry_credentials(
+    settings: EcsSettings, registry_host: str | None = None
+) -> DockerRegistryCredentials:
+    """Docker login for ECR from `get_authorization_token` (a base64 'user:password').
+    The login goes to `registry_host` (the image repository's host) or, if None, to the
+    host of the token's proxy endpoint."""
+    ecr = _client(settings.aws_credentials, "ecr")
+    try:
+        data = ecr.get_authorization_token()["authorizationData"][0]
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_aws_error(exc, "get an ECR authorization token") from None
+    username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    host = registry_host or urlparse(data["proxyEndpoint"]).netloc
+    return DockerRegistryCredentials(username=username, password=password, registry_url=host)
+
+
+def confirm_pushed_image(settings: EcsSettings, pinned_reference: str) -> None:
+    """Ask ECR (`describe_images`) whether it holds the pushed digest; raise if not."""
+    ref = parse_image_reference(pinned_reference)
+    if not ref.digest:
+        raise ConfigurationError(
+            f"{pinned_reference!r} is not pinned: pass repository@sha256:<digest> as the push "
+            "returned it"
+        )
+    ecr = _client(settings.aws_credentials, "ecr")
+    try:
+        images = ecr.describe_images(
+            repositoryName=ref.repository, imageIds=[{"imageDigest": ref.digest}]
+        )["imageDetails"]
+    except ecr.exceptions.RepositoryNotFoundException:
+        raise ConfigurationError(
+            f"ECR repository {ref.repository!r} does not exist: create it or fix the "
+            "environment's image_repository"
+        ) from None
+    except ecr.exceptions.ImageNotFoundException:
+        images = []
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_aws_error(exc, f"describe image {pinned_reference}") from None
+    if not any(image.get("imageDigest") == ref.digest for image in images):
+        raise StepFailed(f"ECR does not list {ref.digest} in {ref.repository!r} after the push")
+
+
+def _client(creds: AwsCredentials, service: str):
+    """A boto3 client from the block (its get_client honours the custom endpoint)."""
+    try:
+        return creds.get_client(service)
+    except BotoCoreError as exc:  # e.g. no region configured
+        raise ConfigurationError(
+            f"cannot create an AWS {service} client from the AwsCredentials block ({exc}): "
+            "set region_name (and keys) in the block"
+        ) from None

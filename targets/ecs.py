@@ -1,0 +1,523 @@
+"""AWS ECS target: the API and the workers are two ECS services of one task-definition family
+shape; a release registers a clone of a service's task definition with only the image (and the
+version label) changed, points the service at it and watches the rollout itself.
+
+The rollout is watched here rather than with boto3 waiters: waiters built from a session ignore
+a custom endpoint, and `services_stable` cannot see a failed rollout. A rollout is done when the
+primary deployment runs the new revision at the desired count and is the only deployment left;
+it failed when tasks of that deployment keep stopping (circuit-breaker threshold) or the deadline
+passes. botocore retries throttling and 5xx itself (with backoff and jitter); what still fails
+is raised as TransientError so the tasks layer can retry the step.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import botocore.exceptions
+
+from targets.base import OneOffResult, ServiceState, TargetState, WorkerHealth
+from targets.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ReleaseError,
+    StepFailed,
+    TransientError,
+)
+
+DEFAULT_VERSION_LABEL = "io.rhesis.release.version"
+ONEOFF_STARTED_BY = "rhesis-release"
+# Fields of describe_task_definition that register_task_definition accepts back.
+_REGISTRABLE = (
+    "family",
+    "taskRoleArn",
+    "executionRoleArn",
+    "networkMode",
+    "containerDefinitions",
+    "volumes",
+    "placementConstraints",
+    "requiresCompatibilities",
+    "cpu",
+    "memory",
+    "pidMode",
+    "ipcMode",
+    "proxyConfiguration",
+    "inferenceAccelerators",
+    "ephemeralStorage",
+    "runtimePlatform",
+)
+_TRANSIENT_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ServerException",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+    "InternalFailure",
+    "InternalServerError",
+}
+_AUTH_CODES = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "ExpiredTokenException",
+}
+_SCALE_IN = "Scaling activity initiated"  # ECS's reason for tasks it stops on purpose
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    deadline_seconds: float = 600.0
+    poll_seconds: float = 5.0
+    # Stopped tasks of the new deployment that fail the rollout; None: ECS's circuit-breaker
+    # rule, half the desired count, at least 3 and at most 200.
+    failed_tasks_threshold: int | None = None
+
+    def threshold(self, desired: int) -> int:
+        if self.failed_tasks_threshold is not None:
+            return self.failed_tasks_threshold
+        return min(max(desired // 2, 3), 200)
+
+
+def classify_aws_error(exc: Exception, what: str) -> ReleaseError:
+    """The error class that says how to react to a botocore error."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return ConfigurationError(
+            f"{what}: no AWS credentials found: set the access key in the AwsCredentials block"
+        )
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "")
+        message = error.get("Message", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in _AUTH_CODES or status == 403:
+            return AuthenticationError(
+                f"{what}: AWS refused the request ({code}: {message}); grant the IAM "
+                "permission or fix the keys in the AwsCredentials block"
+            )
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return TransientError(f"{what}: AWS answered {code or status} ({message})")
+        if code == "ClusterNotFoundException":
+            return ConfigurationError(
+                f"{what}: cluster not found ({message}): create it or fix `cluster` "
+                "in the ECS settings block (and check the region)"
+            )
+        if code in ("ServiceNotFoundException", "ServiceNotActiveException"):
+            return ConfigurationError(
+                f"{what}: service not found or not active ({message}): create it or fix "
+                "`api_service` / `worker_service` in the ECS settings block"
+            )
+        return StepFailed(f"{what}: AWS rejected the request ({code}: {message})")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        # Connection refused/reset, timeouts, and retries exhausted: worth another try.
+        return TransientError(f"{what}: {exc}")
+    return StepFailed(f"{what}: {exc}")
+
+
+class EcsTarget:
+    kind = "ecs"
+
+    def __init__(
+        self,
+        ecs,
+        *,
+        cluster: str,
+        api_service: str,
+        worker_service: str,
+        container_name: str,
+        api_url: str,
+        version_label: str = DEFAULT_VERSION_LABEL,
+        rollout: RolloutPolicy | None = None,
+        logs=None,
+        oneoff_env: dict[str, str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`ecs` (and optional CloudWatch `logs`) are boto3 clients. `oneoff_env` fills the
+        environment of one-off tasks for names the task definition does not define itself:
+        the task definitions stay the source of truth for the services' environment."""
+        self.ecs = ecs
+        self.logs = logs
+        self.cluster = cluster
+        self.api_service = api_service
+        self.worker_service = worker_service
+        self.container_name = container_name
+        self.api_url = api_url.rstrip("/")
+        self.version_label = version_label
+        self.rollout = rollout or RolloutPolicy()
+        self.oneoff_env = dict(oneoff_env or {})
+        self._sleep = sleep
+        self._clock = clock
+
+    # -- facts ---------------------------------------------------------------------------
+    def check(self) -> None:
+        clusters = self._call(
+            "describe cluster", self.ecs.describe_clusters, clusters=[self.cluster]
+        )
+        active = [c for c in clusters.get("clusters", []) if c.get("status") == "ACTIVE"]
+        if not active:
+            raise ConfigurationError(
+                f"ECS cluster {self.cluster!r} not found (or not active) in this account and "
+                "region: create it or fix `cluster` / the region in the ECS settings block"
+            )
+        for name in (self.api_service, self.worker_service):
+            service = self._service(name)
+            self._container(self._task_definition(service["taskDefinition"]), name)
+
+    def read_state(self) -> TargetState:
+        return TargetState(
+            api=self._service_state(self.api_service),
+            workers=self._service_state(self.worker_service),
+        )
+
+    def candidate_url(self) -> str:
+        """The load balancer's URL: a rolling update has no separate candidate address."""
+        return self.api_url
+
+    def service_url(self) -> str:
+        return self.api_url
+
+    def workers_alive(self, image: str, count: int) -> WorkerHealth:
+        service = self._service(self.worker_service)
+        primary = _primary(service)
+        revision = self._task_definition(primary["taskDefinition"])
+        running_image = self._container(revision, self.worker_service).get("image")
+        if running_image != image:
+            return WorkerHealth(count, 0, f"workers run {running_image}, not {image}")
+        tasks = self._tasks(primary["id"], "RUNNING")
+        ready = [
+            t
+            for t in tasks
+            if t.get("lastStatus") == "RUNNING" and t.get("healthStatus") != "UNHEALTHY"
+        ]
+        detail = f"{len(ready)} of {count} worker tasks running ({len(tasks)} wanted running)"
+        return WorkerHealth(expected=count, ready=len(ready), detail=detail)
+
+    # -- operations ----------------------------------------------------------------------
+    def deploy_api(self, image: str, version: str) -> None:
+        service = self._service(self.api_service)
+        revision = self._revision_with(service["taskDefinition"], image, version)
+        self._update(self.api_service, revision, service["desiredCount"])
+
+    def promote_api(self) -> None:
+        """Nothing to do: ECS's rolling update already replaced the previous tasks and the
+        load balancer serves the new ones; the previous revision stays registered for rollback."""
+
+    def scale_workers(self, image: str, version: str, count: int) -> None:
+        service = self._service(self.worker_service)
+        revision = self._revision_with(service["taskDefinition"], image, version)
+        self._update(self.worker_service, revision, count)
+
+    def run_oneoff(
+        self, image: str, command: list[str], env: dict[str, str], timeout: float
+    ) -> OneOffResult:
+        """`run_task` of a revision running `image` with the command overridden; waits for
+        STOPPED and returns the container's exit code and its CloudWatch log (awslogs driver),
+        or the stopped reason where the task definition ships no logs."""
+        service = self._service(self.api_service)
+        revision = self._revision_with(service["taskDefinition"], image, version=None)
+        definition = self._task_definition(revision)
+        container = self._container(definition, self.api_service)
+        defined = {e["name"] for e in container.get("environment", [])}
+        defined |= {s["name"] for s in container.get("secrets", [])}
+        overrides = {k: v for k, v in self.oneoff_env.items() if k not in defined}
+        overrides.update(env)
+        placement = {
+            key: service[key]
+            for key in ("launchType", "capacityProviderStrategy", "networkConfiguration")
+            if service.get(key)
+        }
+        what = f"run {' '.join(command)} as a one-off task of {revision}"
+        started = self._call(
+            what,
+            self.ecs.run_task,
+            cluster=self.cluster,
+            taskDefinition=revision,
+            count=1,
+            startedBy=ONEOFF_STARTED_BY,
+            overrides={
+                "containerOverrides": [
+                    {
+                        "name": self.container_name,
+                        "command": command,
+                        "environment": [{"name": k, "value": v} for k, v in overrides.items()],
+                    }
+                ]
+            },
+            **placement,
+        )
+        if not started.get("tasks"):
+            reasons = "; ".join(f.get("reason", "?") for f in started.get("failures", []))
+            raise StepFailed(f"{what}: ECS started no task ({reasons or 'no reason given'})")
+        task_arn = started["tasks"][0]["taskArn"]
+        task, timed_out = self._wait_stopped(task_arn, timeout)
+        task_container = next(
+            (c for c in task.get("containers", []) if c.get("name") == self.container_name), {}
+        )
+        # 125, as `docker run` uses, when the container never ran (e.g. image pull failed).
+        exit_code = 124 if timed_out else task_container.get("exitCode", 125)
+        stopped = f"task stopped: {task.get('stoppedReason') or 'no reason given'}"
+        if task_container.get("reason"):
+            stopped += f" (container: {task_container['reason']})"
+        logs = self._task_logs(container, task_arn)
+        return OneOffResult(exit_code, f"{logs}\n{stopped}" if logs else stopped)
+
+    def restore_api(self, state: ServiceState) -> None:
+        self._restore(self.api_service, state)
+
+    def restore_workers(self, state: ServiceState) -> None:
+        self._restore(self.worker_service, state)
+
+    # -- task definitions ------------------------------------------------------------------
+    def _revision_with(self, current_arn: str, image: str, version: str | None) -> str:
+        """ARN of a revision equal to `current_arn` but for image and version label: the
+        current one when it already matches, the family's latest when that is the same clone
+        (a retried step registers nothing new), else a newly registered revision."""
+        current = self._task_definition(current_arn)
+        wanted = self._clone(current, image, version)
+        if _registrable(current) == wanted:
+            return current_arn
+        latest = self._call(
+            "list task-definition revisions",
+            self.ecs.list_task_definitions,
+            familyPrefix=current["family"],
+            sort="DESC",
+            maxResults=1,
+        )["taskDefinitionArns"]
+        if (
+            latest
+            and latest[0] != current_arn
+            and _registrable(self._task_definition(latest[0])) == wanted
+        ):
+            return latest[0]
+        registered = self._call(
+            f"register a revision of {current['family']} with {image}",
+            self.ecs.register_task_definition,
+            **wanted,
+        )
+        return registered["taskDefinition"]["taskDefinitionArn"]
+
+    def _clone(self, definition: dict, image: str, version: str | None) -> dict:
+        """The registrable fields of `definition` with only the image and version changed
+        (a one-off revision, version None, carries no version label)."""
+        clone = _registrable(definition)
+        containers = []
+        for container in clone["containerDefinitions"]:
+            container = dict(container)
+            if container["name"] == self.container_name:
+                container["image"] = image
+                labels = {
+                    k: v
+                    for k, v in container.get("dockerLabels", {}).items()
+                    if k != self.version_label
+                }
+                if version is not None:
+                    labels[self.version_label] = version
+                if labels:
+                    container["dockerLabels"] = labels
+                else:
+                    container.pop("dockerLabels", None)
+            containers.append(container)
+        clone["containerDefinitions"] = containers
+        return clone
+
+    def _task_definition(self, arn: str) -> dict:
+        return self._call(
+            f"describe task definition {arn}", self.ecs.describe_task_definition, taskDefinition=arn
+        )["taskDefinition"]
+
+    def _container(self, definition: dict, service_name: str) -> dict:
+        for container in definition.get("containerDefinitions", []):
+            if container.get("name") == self.container_name:
+                return container
+        names = [c.get("name") for c in definition.get("containerDefinitions", [])]
+        raise ConfigurationError(
+            f"task definition {definition.get('taskDefinitionArn')} of service {service_name!r} "
+            f"has no container named {self.container_name!r} (it has {names}): fix "
+            "`container_name` in the ECS settings block"
+        )
+
+    # -- services and rollouts -------------------------------------------------------------
+    def _service(self, name: str) -> dict:
+        answer = self._call(
+            f"describe service {name}",
+            self.ecs.describe_services,
+            cluster=self.cluster,
+            services=[name],
+        )
+        services = [s for s in answer.get("services", []) if s.get("status") == "ACTIVE"]
+        if not services:
+            raise ConfigurationError(
+                f"ECS service {name!r} not found (or not active) in cluster {self.cluster!r}: "
+                "create it or fix `api_service` / `worker_service` in the ECS settings block"
+            )
+        return services[0]
+
+    def _service_state(self, name: str) -> ServiceState:
+        service = self._service(name)
+        definition = self._task_definition(service["taskDefinition"])
+        container = self._container(definition, name)
+        env = {e["name"]: e["value"] for e in container.get("environment", [])}
+        version = container.get("dockerLabels", {}).get(self.version_label) or env.get(
+            "APP_VERSION"
+        )
+        return ServiceState(
+            image=container.get("image"),
+            version=version,
+            replicas=service["desiredCount"],
+            revision=service["taskDefinition"],
+        )
+
+    def _restore(self, name: str, state: ServiceState) -> None:
+        if state.revision is None:
+            raise ConfigurationError(
+                f"cannot restore service {name!r}: the recorded state has no task-definition "
+                "revision (was the snapshot taken from an ECS environment?)"
+            )
+        self._update(name, state.revision, state.replicas)
+
+    def _update(self, name: str, revision: str, count: int) -> None:
+        self._call(
+            f"update service {name} to {revision} x{count}",
+            self.ecs.update_service,
+            cluster=self.cluster,
+            service=name,
+            taskDefinition=revision,
+            desiredCount=count,
+        )
+        self._watch(name, revision, count)
+
+    def _watch(self, name: str, revision: str, count: int) -> None:
+        """Wait until `revision` runs `count` tasks as the only deployment of `name`."""
+        deadline = self._clock() + self.rollout.deadline_seconds
+        threshold = self.rollout.threshold(count)
+        status = "no answer yet"
+        while True:
+            try:
+                status, failures = self._rollout_status(name, revision, count)
+            except TransientError as exc:  # one bad poll does not decide the rollout
+                status, failures = f"last poll failed: {exc}", []
+            if status == "done":
+                return
+            if len(failures) >= threshold or status == "rollout FAILED":
+                raise StepFailed(
+                    f"rollout of {revision} on service {name!r} failed: {len(failures)} tasks "
+                    f"stopped (threshold {threshold}): {_reasons(failures)}"
+                )
+            if self._clock() >= deadline:
+                raise StepFailed(
+                    f"rollout of {revision} on service {name!r} not done after "
+                    f"{self.rollout.deadline_seconds:.0f} s ({status}); stopped tasks: "
+                    f"{_reasons(failures)}"
+                )
+            self._sleep(self.rollout.poll_seconds)
+
+    def _rollout_status(self, name: str, revision: str, count: int) -> tuple[str, list[dict]]:
+        service = self._service(name)
+        primary = _primary(service)
+        if primary.get("taskDefinition") != revision:
+            return f"deployment of {revision} not started yet", []
+        failures = [
+            t
+            for t in self._tasks(primary["id"], "STOPPED")
+            if not (t.get("stoppedReason") or "").startswith(_SCALE_IN)
+        ]
+        if primary.get("rolloutState") == "FAILED":
+            return "rollout FAILED", failures
+        running, wanted = primary.get("runningCount", 0), primary.get("desiredCount")
+        others = len(service.get("deployments", [])) - 1
+        settled = primary.get("rolloutState") in (None, "COMPLETED")
+        if wanted == count and running == count and others == 0 and settled:
+            return "done", failures
+        return (
+            f"{running}/{count} running, {others} older deployments draining, "
+            f"rollout {primary.get('rolloutState', 'unknown')}",
+            failures,
+        )
+
+    def _tasks(self, started_by: str, desired_status: str) -> list[dict]:
+        arns = self._call(
+            "list tasks",
+            self.ecs.list_tasks,
+            cluster=self.cluster,
+            startedBy=started_by,
+            desiredStatus=desired_status,
+        ).get("taskArns", [])
+        if not arns:
+            return []
+        return self._describe_tasks(arns)
+
+    def _describe_tasks(self, arns: list[str]) -> list[dict]:
+        tasks = []
+        for start in range(0, len(arns), 100):  # describe_tasks takes at most 100
+            tasks += self._call(
+                "describe tasks",
+                self.ecs.describe_tasks,
+                cluster=self.cluster,
+                tasks=arns[start : start + 100],
+            ).get("tasks", [])
+        return tasks
+
+    def _wait_stopped(self, task_arn: str, timeout: float) -> tuple[dict, bool]:
+        deadline = self._clock() + timeout
+        while True:
+            task = self._describe_tasks([task_arn])[0]
+            if task.get("lastStatus") == "STOPPED":
+                return task, False
+            if self._clock() >= deadline:
+                self._call(
+                    f"stop task {task_arn}",
+                    self.ecs.stop_task,
+                    cluster=self.cluster,
+                    task=task_arn,
+                    reason=f"rhesis-release: no exit after {timeout:.0f} s",
+                )
+                return task, True
+            self._sleep(min(self.rollout.poll_seconds, 2.0))
+
+    def _task_logs(self, container: dict, task_arn: str) -> str:
+        """The task's log from CloudWatch when the container uses the awslogs driver."""
+        config = container.get("logConfiguration", {})
+        options = config.get("options", {})
+        if self.logs is None or config.get("logDriver") != "awslogs":
+            return ""
+        group, prefix = options.get("awslogs-group"), options.get("awslogs-stream-prefix")
+        if not group or not prefix:
+            return ""
+        stream = f"{prefix}/{self.container_name}/{task_arn.rsplit('/', 1)[-1]}"
+        try:
+            events = self.logs.get_log_events(
+                logGroupName=group, logStreamName=stream, startFromHead=True
+            )["events"]
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            return f"(log stream {group}/{stream} unavailable: {code})"
+        return "\n".join(e["message"] for e in events)
+
+    def _call(self, what: str, fn, **kwargs):
+        try:
+            return fn(**kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise classify_aws_error(exc, what) from None
+
+
+def _registrable(definition: dict) -> dict:
+    return {k: definition[k] for k in _REGISTRABLE if definition.get(k) not in (None, [], {})}
+
+
+def _primary(service: dict) -> dict:
+    for deployment in service.get("deployments", []):
+        if deployment.get("status") == "PRIMARY":
+            return deployment
+    raise StepFailed(f"service {service.get('serviceName')!r} reports no PRIMARY deployment")
+
+
+def _reasons(tasks: list[dict]) -> str:
+    reasons = sorted({t.get("stoppedReason") or "no reason given" for t in tasks})
+    return "; ".join(reasons) or "none"

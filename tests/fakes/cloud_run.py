@@ -1,0 +1,732 @@
+"""A fake Cloud Run Admin API v2 that runs real containers.
+
+It speaks the REST wire protocol the real `google.cloud.run_v2` client uses (JSON in
+camelCase, enums as integers, long-running operations under `.../operations/*`) for the calls
+the Cloud Run target makes: services get/create/patch, revisions list/get, jobs
+get/create/patch/run, executions get, operations get. Every revision and every job execution
+runs as a real container on the local Docker engine (host network, its own free port through
+$PORT), so startup probes, traffic moves and exit codes are real.
+
+Routing: the service URL is `<fake>/_svc/<service>` (proxied to a revision by traffic
+percent) and a tag URL is `<fake>/_tag/<service>/<tag>` (proxied to the tagged revision).
+
+Auth, as Google does it: a request carries either a self-signed JWT of a service account
+(what google-auth sends for GAPIC clients) or an OAuth access token from `/token` (what
+`GcpCredentials.get_access_token()` gets, and what the registry accepts as the Artifact
+Registry password). Keys come from `service_account_key()`; an account created with
+`authorized=False` authenticates but gets 403 PERMISSION_DENIED, as a missing IAM role does.
+"""
+
+import http.client
+import json
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import docker
+import docker.errors
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import exceptions as auth_exceptions
+from google.auth import jwt
+
+LABEL = "io.rhesis.fake-cloudrun"
+TYPE = "type.googleapis.com/google.cloud.run.v2."
+LATEST, REVISION = 1, 2  # TrafficTargetAllocationType
+PENDING, FAILED, SUCCEEDED = 1, 3, 4  # Condition.State
+CODES = {400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 429: 8, 500: 13, 503: 14}
+STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ALREADY_EXISTS",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
+_PARENT = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Instance:
+    container: object
+    port: int
+
+
+@dataclass
+class Revision:
+    name: str  # short name
+    service: str
+    template: dict
+    generation: int
+    created: str = field(default_factory=now)
+    state: int = PENDING
+    message: str = ""
+    instances: list[Instance] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    status: int
+    method: str | None
+    path_contains: str | None
+    count: int
+
+
+class FakeCloudRun:
+    """The fake control plane. Use as a context manager; `close()` removes every container."""
+
+    def __init__(
+        self,
+        engine: docker.DockerClient,
+        *,
+        access_token: str,
+        pull_auth: dict[str, str] | None = None,
+        startup_timeout: float = 60.0,
+    ):
+        self.engine = engine
+        self.access_token = access_token
+        self.pull_auth = pull_auth
+        self.startup_timeout = startup_timeout
+        self.instance_id = uuid.uuid4().hex[:8]
+        self.lock = threading.RLock()
+        self.services: dict[str, dict] = {}  # full name -> stored Service JSON
+        self.revisions: dict[str, Revision] = {}  # full name -> revision
+        self.jobs: dict[str, dict] = {}
+        self.executions: dict[str, dict] = {}
+        self.execution_logs: dict[str, str] = {}
+        self.operations: dict[str, dict] = {}
+        self.accounts: dict[str, tuple[bytes, bool]] = {}  # key id -> (public PEM, authorized)
+        self.issued_tokens: dict[str, bool] = {access_token: True}
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every API call
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeCloudRun":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        for container in self.engine.containers.list(
+            all=True, filters={"label": f"{LABEL}={self.instance_id}"}
+        ):
+            container.remove(force=True)
+
+    # -- test controls -------------------------------------------------------------------
+    @property
+    def token_uri(self) -> str:
+        return f"{self.url}/token"
+
+    def service_account_key(self, email: str, project: str, *, authorized: bool = True) -> dict:
+        """A real service-account key (RSA) whose token_uri is the local token endpoint."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key_id = secrets.token_hex(20)
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.accounts[key_id] = (public, authorized)
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": project,
+            "private_key_id": key_id,
+            "private_key": private,
+            "client_email": email,
+            "client_id": str(random.randrange(10**20, 10**21)),
+            "token_uri": self.token_uri,
+        }
+
+    def fail_next(
+        self,
+        status: int = 503,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        count: int = 1,
+    ) -> None:
+        """The next `count` matching API calls answer `status` (before auth, as a proxy would)."""
+        with self.lock:
+            self.faults.append(Fault(status, method, path_contains, count))
+
+    def mutations(self) -> list[tuple[str, str]]:
+        return [(m, p) for m, p in self.requests if m != "GET"]
+
+    def service(self, name: str) -> dict:
+        """The stored service (full or short name), as the API would return it."""
+        with self.lock:
+            return self._service_json(self._find_service(name))
+
+    def routable_instances(self, service: str) -> dict[str, int]:
+        """Revision short name -> running container count, for revisions that get requests."""
+        with self.lock:
+            svc = self._find_service(service)
+            result = {}
+            for rev in self._routable(svc):
+                running = 0
+                for inst in rev.instances:
+                    inst.container.reload()
+                    running += inst.container.status == "running"
+                result[rev.name] = running
+            return result
+
+    # -- HTTP ----------------------------------------------------------------------------
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # keep test output quiet
+                pass
+
+            def _serve(self) -> None:
+                fake._dispatch(self)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = _serve
+
+        return Handler
+
+    def _dispatch(self, req: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(req.path)
+        length = int(req.headers.get("Content-Length") or 0)
+        body = req.rfile.read(length) if length else b""
+        if parts.path.startswith(("/_svc/", "/_tag/")):
+            return self._proxy(req, parts, body)
+        if parts.path.startswith("/_logs/"):
+            text = self.execution_logs.get(parts.path[len("/_logs/") :], "")
+            return self._reply(req, 200, text.encode(), "text/plain")
+        try:
+            if parts.path == "/token":
+                payload = self._token(parse_qs(body.decode()))
+            else:
+                payload = self._api(req, parts, body)
+            self._reply(req, 200, json.dumps(payload).encode())
+        except ApiError as exc:
+            error = {"code": exc.status, "message": exc.message, "status": STATUS[exc.status]}
+            self._reply(req, exc.status, json.dumps({"error": error}).encode())
+
+    @staticmethod
+    def _reply(req, status: int, data: bytes, ctype: str = "application/json") -> None:
+        req.send_response(status)
+        req.send_header("Content-Type", ctype)
+        req.send_header("Content-Length", str(len(data)))
+        req.end_headers()
+        req.wfile.write(data)
+
+    def _api(self, req, parts, body: bytes) -> dict:
+        method, path = req.command, parts.path
+        self.requests.append((method, path))
+        self._inject_fault(method, path)
+        self._authorize(req.headers.get("Authorization", ""), method, path)
+        data = json.loads(body) if body else {}
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        routes = [
+            ("GET", r"/services/(?P<s>[^/:]+)", self._get_service),
+            ("POST", r"/services", self._create_service),
+            ("PATCH", r"/services/(?P<s>[^/:]+)", self._patch_service),
+            ("GET", r"/services/(?P<s>[^/:]+)/revisions", self._list_revisions),
+            ("GET", r"/services/(?P<s>[^/:]+)/revisions/(?P<r>[^/:]+)", self._get_revision),
+            ("GET", r"/jobs/(?P<j>[^/:]+)", self._get_job),
+            ("POST", r"/jobs", self._create_job),
+            ("PATCH", r"/jobs/(?P<j>[^/:]+)", self._patch_job),
+            ("POST", r"/jobs/(?P<j>[^/:]+):run", self._run_job),
+            ("GET", r"/jobs/(?P<j>[^/:]+)/executions/(?P<e>[^/:]+)", self._get_execution),
+            ("GET", r"/operations/(?P<o>[^/:]+)", self._get_operation),
+        ]
+        for verb, pattern, handler in routes:
+            match = re.fullmatch(_PARENT + pattern, path)
+            if verb == method and match:
+                parent = f"projects/{match['project']}/locations/{match['location']}"
+                args = {k: v for k, v in match.groupdict().items() if len(k) == 1}
+                with self.lock:
+                    return handler(parent, data, query, **args)
+        raise ApiError(404, f"fake Cloud Run: no route for {method} {path}")
+
+    def _inject_fault(self, method: str, path: str) -> None:
+        with self.lock:
+            for fault in self.faults:
+                if (fault.method in (None, method)) and (
+                    fault.path_contains is None or fault.path_contains in path
+                ):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        self.faults.remove(fault)
+                    raise ApiError(fault.status, "The service is currently unavailable.")
+
+    def _authorize(self, header: str, method: str, path: str) -> None:
+        token = header.removeprefix("Bearer ").strip()
+        authorized = self.issued_tokens.get(token)
+        if authorized is None and token.count(".") == 2:
+            authorized = self._verified_account(token)
+        if authorized is None:
+            raise ApiError(401, "Request had invalid authentication credentials.")
+        if not authorized:
+            resource = path.removeprefix("/v2/")
+            raise ApiError(
+                403, f"Permission 'run.{method.lower()}' denied on resource '{resource}'."
+            )
+
+    def _verified_account(self, token: str) -> bool | None:
+        """Authorized flag of the service account that signed `token`; None: not verifiable."""
+        try:
+            header = jwt.decode_header(token)
+            public, authorized = self.accounts[header.get("kid", "")]
+            jwt.decode(token, certs=public, verify=True)
+        except (KeyError, ValueError, auth_exceptions.GoogleAuthError):
+            return None
+        return authorized
+
+    def _token(self, form: dict) -> dict:
+        """OAuth 2.0 JWT-bearer grant (what google-auth does for service-account keys)."""
+        assertion = (form.get("assertion") or [""])[0]
+        authorized = self._verified_account(assertion) if assertion else None
+        if authorized is None:
+            raise ApiError(400, "invalid_grant: Invalid JWT Signature.")
+        token = self.access_token if authorized else "ya29.fake-" + secrets.token_hex(16)
+        self.issued_tokens[token] = authorized
+        return {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+
+    # -- services ------------------------------------------------------------------------
+    def _find_service(self, name: str) -> dict:
+        for full, svc in self.services.items():
+            if full == name or full.rsplit("/", 1)[-1] == name:
+                return svc
+        raise ApiError(404, f"Resource '{name}' does not exist.")
+
+    def _get_service(self, parent, data, query, s) -> dict:
+        return self._service_json(self._find_service(f"{parent}/services/{s}"))
+
+    def _create_service(self, parent, data, query) -> dict:
+        service_id = query.get("serviceId", "")
+        full = f"{parent}/services/{service_id}"
+        if full in self.services:
+            raise ApiError(409, f"Resource '{service_id}' already exists.")
+        svc = {
+            "name": full,
+            "uid": str(uuid.uuid4()),
+            "generation": "0",
+            "createTime": now(),
+            "template": {},
+            "traffic": [],
+        }
+        self.services[full] = svc
+        return self._rollout(svc, data)
+
+    def _patch_service(self, parent, data, query, s) -> dict:
+        return self._rollout(self._find_service(f"{parent}/services/{s}"), data)
+
+    def _rollout(self, svc: dict, data: dict) -> dict:
+        """Apply a new template and/or traffic; the operation finishes in the background."""
+        previous_traffic = svc["traffic"]
+        new_revision = None
+        template = data.get("template") or svc["template"]
+        generation = int(svc["generation"]) + 1
+        if template != svc["template"]:
+            new_revision = self._new_revision(svc, template, generation)
+        traffic = data.get("traffic") or svc["traffic"] or [{"type": LATEST, "percent": 100}]
+        self._check_traffic(svc, traffic, new_revision)
+        svc.update(
+            template=template,
+            traffic=traffic,
+            generation=str(generation),
+            updateTime=now(),
+            labels=data.get("labels", svc.get("labels", {})),
+        )
+        if new_revision:
+            self.revisions[f"{svc['name']}/revisions/{new_revision.name}"] = new_revision
+            svc["latestCreatedRevision"] = f"{svc['name']}/revisions/{new_revision.name}"
+        operation = self._operation(svc["name"], "Service")
+        threading.Thread(
+            target=self._finish_rollout,
+            args=(svc, new_revision, previous_traffic, operation),
+            daemon=True,
+        ).start()
+        return operation
+
+    def _new_revision(self, svc: dict, template: dict, generation: int) -> Revision:
+        short = svc["name"].rsplit("/", 1)[-1]
+        name = template.get("revision") or f"{short}-{generation:05d}-{secrets.token_hex(2)}"
+        if not name.startswith(short + "-"):
+            raise ApiError(400, f"Revision name must start with '{short}-', got '{name}'.")
+        if f"{svc['name']}/revisions/{name}" in self.revisions:
+            raise ApiError(409, f"Revision named '{name}' with different configuration exists.")
+        return Revision(name, svc["name"], template, generation)
+
+    def _check_traffic(self, svc: dict, traffic: list, new: Revision | None) -> None:
+        if sum(int(t.get("percent", 0)) for t in traffic) != 100:
+            raise ApiError(400, "Traffic percentages must add up to 100.")
+        tags = [t["tag"] for t in traffic if t.get("tag")]
+        if len(tags) != len(set(tags)):
+            raise ApiError(400, f"Traffic tags must be unique, got {tags}.")
+        for target in traffic:
+            if int(target.get("type", 0)) == REVISION:
+                name = target.get("revision", "")
+                known = f"{svc['name']}/revisions/{name}" in self.revisions
+                if not known and not (new and new.name == name):
+                    raise ApiError(400, f"Revision '{name}' referenced in traffic not found.")
+
+    def _resolve(self, svc: dict, target: dict) -> Revision | None:
+        if int(target.get("type", 0)) == REVISION:
+            return self.revisions.get(f"{svc['name']}/revisions/{target['revision']}")
+        latest = svc.get("latestReadyRevision")
+        return self.revisions.get(latest) if latest else None
+
+    def _routable(self, svc: dict) -> list[Revision]:
+        routable = []
+        for target in svc["traffic"]:
+            rev = self._resolve(svc, target)
+            if rev and (int(target.get("percent", 0)) > 0 or target.get("tag")):
+                routable.append(rev)
+        return routable
+
+    def _finish_rollout(self, svc, new_revision, previous_traffic, operation) -> None:
+        if new_revision:
+            self._start_revision(new_revision)
+            with self.lock:
+                if new_revision.state == SUCCEEDED:
+                    svc["latestReadyRevision"] = f"{svc['name']}/revisions/{new_revision.name}"
+                else:
+                    svc["traffic"] = previous_traffic  # a failed rollout moves no traffic
+                    self._stop_unroutable(svc)
+                    return self._fail(operation, 9, new_revision.message)
+        with self.lock:
+            waiting = [r for r in self._routable(svc) if not r.instances]
+        for rev in waiting:  # a revision taking traffic again starts again
+            self._start_revision(rev)
+        with self.lock:
+            self._stop_unroutable(svc)
+            svc["observedGeneration"] = svc["generation"]
+            operation.update(done=True, response={"@type": TYPE + "Service"})
+            operation["response"].update(self._service_json(svc))
+
+    def _stop_unroutable(self, svc: dict) -> None:
+        routable = {r.name for r in self._routable(svc)}
+        for rev in self.revisions.values():
+            if rev.service == svc["name"] and rev.name not in routable and rev.instances:
+                for inst in rev.instances:
+                    inst.container.remove(force=True)
+                rev.instances = []
+
+    def _start_revision(self, rev: Revision) -> None:
+        """Start the revision's instances and wait for their startup probes (TCP on $PORT,
+        or the container's httpGet/tcpSocket startup probe)."""
+        container = rev.template["containers"][0]
+        count = max(1, int(rev.template.get("scaling", {}).get("minInstanceCount", 0)))
+        try:
+            self._ensure_image(container["image"])
+            for index in range(count):
+                port = free_port()
+                env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+                env.update(PORT=str(port), K_SERVICE=rev.service.rsplit("/", 1)[-1])
+                env.update(K_REVISION=rev.name)
+                handle = self.engine.containers.run(
+                    container["image"],
+                    command=container.get("args") or None,
+                    entrypoint=container.get("command") or None,
+                    environment=env,
+                    network_mode="host",
+                    detach=True,
+                    name=f"fakerun-{rev.name}-{index}-{self.instance_id}",
+                    labels={LABEL: self.instance_id, f"{LABEL}.revision": rev.name},
+                )
+                rev.instances.append(Instance(handle, port))
+            ready, message = self._probe(rev, container.get("startupProbe") or {})
+        except docker.errors.DockerException as exc:
+            ready, message = False, f"Revision '{rev.name}' failed to start: {exc}"
+        with self.lock:
+            rev.state, rev.message = (SUCCEEDED, "") if ready else (FAILED, message)
+        if not ready:
+            for inst in rev.instances:
+                inst.container.remove(force=True)
+            rev.instances = []
+
+    def _probe(self, rev: Revision, probe: dict) -> tuple[bool, str]:
+        deadline = time.monotonic() + self.startup_timeout
+        pending = list(rev.instances)
+        path = probe.get("httpGet", {}).get("path")
+        while pending and time.monotonic() < deadline:
+            for inst in list(pending):
+                inst.container.reload()
+                if inst.container.status in ("exited", "dead"):
+                    code = inst.container.attrs["State"]["ExitCode"]
+                    return False, (
+                        f"Revision '{rev.name}' is not ready and cannot serve traffic. The "
+                        f"user-provided container exited with code {code} before listening "
+                        f"on the port defined by the PORT={inst.port} environment variable."
+                    )
+                if self._answers(inst.port, path):
+                    pending.remove(inst)
+            time.sleep(0.3)
+        if pending:
+            return False, (
+                f"Revision '{rev.name}' is not ready and cannot serve traffic. The user-provided "
+                "container failed the startup probe within the allocated timeout."
+            )
+        return True, ""
+
+    @staticmethod
+    def _answers(port: int, path: str | None) -> bool:
+        try:
+            if path is None:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            return 200 <= conn.getresponse().status < 400
+        except OSError:
+            return False
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.engine.images.get(image)
+        except docker.errors.ImageNotFound:
+            self.engine.images.pull(image, auth_config=self.pull_auth)
+
+    def _service_json(self, svc: dict) -> dict:
+        base = f"{self.url}/_svc/{svc['name'].rsplit('/', 1)[-1]}"
+        statuses = []
+        for target in svc["traffic"]:
+            rev = self._resolve(svc, target)
+            status = {k: v for k, v in target.items() if k in ("type", "percent", "tag")}
+            status["revision"] = rev.name if rev else target.get("revision", "")
+            if target.get("tag"):
+                status["uri"] = f"{self.url}/_tag/{svc['name'].rsplit('/', 1)[-1]}/{target['tag']}"
+            statuses.append(status)
+        latest = self.revisions.get(svc.get("latestCreatedRevision", ""))
+        reconciling = svc.get("observedGeneration") != svc["generation"]
+        ready = FAILED if latest and latest.state == FAILED else SUCCEEDED
+        ready = PENDING if reconciling and ready != FAILED else ready
+        condition = {"type": "Ready", "state": ready, "lastTransitionTime": now()}
+        if latest and latest.state == FAILED:
+            condition["message"] = latest.message
+        return {
+            **svc,
+            "uri": base,
+            "urls": [base],
+            "trafficStatuses": statuses,
+            "reconciling": reconciling,
+            "terminalCondition": condition,
+            "conditions": [condition],
+            "etag": f'"{svc["generation"]}"',
+        }
+
+    # -- revisions -----------------------------------------------------------------------
+    def _revision_json(self, rev: Revision) -> dict:
+        parent = rev.service
+        condition = {"type": "Ready", "state": rev.state, "lastTransitionTime": now()}
+        if rev.message:
+            condition["message"] = rev.message
+        return {
+            "name": f"{parent}/revisions/{rev.name}",
+            "service": parent.rsplit("/", 1)[-1],
+            "generation": str(rev.generation),
+            "createTime": rev.created,
+            "labels": rev.template.get("labels", {}),
+            "annotations": rev.template.get("annotations", {}),
+            "scaling": rev.template.get("scaling", {}),
+            "containers": rev.template.get("containers", []),
+            "volumes": rev.template.get("volumes", []),
+            "conditions": [condition],
+            "reconciling": rev.state == PENDING,
+        }
+
+    def _list_revisions(self, parent, data, query, s) -> dict:
+        svc = self._find_service(f"{parent}/services/{s}")
+        revs = [r for r in self.revisions.values() if r.service == svc["name"]]
+        return {"revisions": [self._revision_json(r) for r in revs]}
+
+    def _get_revision(self, parent, data, query, s, r) -> dict:
+        rev = self.revisions.get(f"{parent}/services/{s}/revisions/{r}")
+        if rev is None:
+            raise ApiError(404, f"Revision '{r}' does not exist.")
+        return self._revision_json(rev)
+
+    # -- jobs and executions -------------------------------------------------------------
+    def _get_job(self, parent, data, query, j) -> dict:
+        job = self.jobs.get(f"{parent}/jobs/{j}")
+        if job is None:
+            raise ApiError(404, f"Resource 'projects/.../jobs/{j}' does not exist.")
+        return job
+
+    def _create_job(self, parent, data, query) -> dict:
+        full = f"{parent}/jobs/{query.get('jobId', '')}"
+        if full in self.jobs:
+            raise ApiError(409, f"Resource '{full}' already exists.")
+        self.jobs[full] = {**data, "name": full, "generation": "1", "createTime": now()}
+        return self._done(self._operation(full, "Job"), "Job", self.jobs[full])
+
+    def _patch_job(self, parent, data, query, j) -> dict:
+        job = self._get_job(parent, data, query, j)
+        job.update(template=data["template"], generation=str(int(job["generation"]) + 1))
+        return self._done(self._operation(job["name"], "Job"), "Job", job)
+
+    def _run_job(self, parent, data, query, j) -> dict:
+        job = self._get_job(parent, data, query, j)
+        name = f"{job['name']}/executions/{j}-{secrets.token_hex(3)}"
+        execution = {
+            "name": name,
+            "job": j,
+            "createTime": now(),
+            "taskCount": 1,
+            "template": job["template"]["template"],
+            "runningCount": 1,
+            "reconciling": True,
+            "logUri": f"{self.url}/_logs/{name}",
+            "conditions": [{"type": "Completed", "state": PENDING}],
+        }
+        self.executions[name] = execution
+        operation = self._operation(name, "Execution")
+        operation["metadata"] = {"@type": TYPE + "Execution", **execution}
+        threading.Thread(target=self._execute, args=(execution, operation), daemon=True).start()
+        return operation
+
+    def _execute(self, execution: dict, operation: dict) -> None:
+        task = execution["template"]
+        container = task["containers"][0]
+        timeout = float(str(task.get("timeout", "600s")).rstrip("s"))
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        execution["startTime"] = now()
+        try:
+            self._ensure_image(container["image"])
+            handle = self.engine.containers.run(
+                container["image"],
+                command=container.get("args") or None,
+                entrypoint=container.get("command") or None,
+                environment=env,
+                network_mode="host",
+                detach=True,
+                labels={LABEL: self.instance_id, f"{LABEL}.execution": execution["name"]},
+            )
+            try:
+                code = handle.wait(timeout=timeout)["StatusCode"]
+                message = f"The container exited with an exit code of {code}."
+            except Exception:  # the task deadline: Cloud Run kills the task
+                handle.kill()
+                code, message = 124, f"Task exceeded its timeout of {timeout:.0f}s."
+            self.execution_logs[execution["name"]] = handle.logs().decode(errors="replace")
+            handle.remove(force=True)
+        except docker.errors.DockerException as exc:
+            code, message = 1, f"The task could not start: {exc}"
+        with self.lock:
+            task_name = execution["name"].rsplit("/", 1)[-1] + "-task0"
+            failed = code != 0
+            execution.update(
+                runningCount=0,
+                succeededCount=0 if failed else 1,
+                failedCount=1 if failed else 0,
+                completionTime=now(),
+                reconciling=False,
+                conditions=[
+                    {
+                        "type": "Completed",
+                        "state": FAILED if failed else SUCCEEDED,
+                        "message": f"Task {task_name} failed with message: {message}"
+                        if failed
+                        else "Execution completed successfully.",
+                        "lastTransitionTime": now(),
+                    }
+                ],
+            )
+            operation["metadata"] = {"@type": TYPE + "Execution", **execution}
+            if failed:
+                self._fail(operation, 9, "The execution failed.")
+            else:
+                self._done(operation, "Execution", execution)
+
+    def _get_execution(self, parent, data, query, j, e) -> dict:
+        execution = self.executions.get(f"{parent}/jobs/{j}/executions/{e}")
+        if execution is None:
+            raise ApiError(404, f"Execution '{e}' does not exist.")
+        return execution
+
+    # -- operations ----------------------------------------------------------------------
+    def _operation(self, resource: str, kind: str) -> dict:
+        parent = "/".join(resource.split("/")[:4])
+        name = f"{parent}/operations/{uuid.uuid4()}"
+        operation = {"name": name, "done": False, "metadata": {"@type": TYPE + kind}}
+        self.operations[name] = operation
+        return operation
+
+    @staticmethod
+    def _done(operation: dict, kind: str, resource: dict) -> dict:
+        operation.update(done=True, response={"@type": TYPE + kind, **resource})
+        return operation
+
+    @staticmethod
+    def _fail(operation: dict, code: int, message: str) -> None:
+        operation.update(done=True, error={"code": code, "message": message})
+
+    def _get_operation(self, parent, data, query, o) -> dict:
+        operation = self.operations.get(f"{parent}/operations/{o}")
+        if operation is None:
+            raise ApiError(404, f"Operation '{o}' does not exist.")
+        return operation
+
+    # -- routing -------------------------------------------------------------------------
+    def _proxy(self, req, parts, body: bytes) -> None:
+        segments = parts.path.split("/", 4 if parts.path.startswith("/_tag/") else 3)
+        with self.lock:
+            try:
+                svc = self._find_service(segments[2])
+            except ApiError:
+                return self._reply(req, 404, b"no such service", "text/plain")
+            if segments[1] == "_tag":
+                tag = segments[3]
+                targets = [t for t in svc["traffic"] if t.get("tag") == tag]
+                weights = [1] * len(targets)
+            else:
+                targets = [t for t in svc["traffic"] if int(t.get("percent", 0)) > 0]
+                weights = [int(t["percent"]) for t in targets]
+            rev = self._resolve(svc, random.choices(targets, weights)[0]) if targets else None
+            instances = list(rev.instances) if rev else []
+        if not instances:
+            return self._reply(req, 503, b"Service Unavailable", "text/plain")
+        rest = segments[-1] if len(segments) > (4 if segments[1] == "_tag" else 3) else ""
+        path = "/" + rest + (f"?{parts.query}" if parts.query else "")
+        inst = random.choice(instances)
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", inst.port, timeout=10)
+            conn.request(req.command, path, body or None, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+        except OSError:
+            return self._reply(req, 503, b"Service Unavailable", "text/plain")
+        self._reply(req, response.status, data, response.getheader("Content-Type", "text/plain"))

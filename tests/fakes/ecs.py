@@ -1,0 +1,502 @@
+"""The AWS emulator (moto's server, in this process) with its ECS gaps closed by real containers.
+
+moto stores ECS clusters, task definitions and services but runs nothing: `update_service` does
+not create a deployment and no task ever starts. `FakeEcsAgent` is a small ECS agent + service
+scheduler working on moto's backend objects: for each service it runs the primary deployment's
+task definition as REAL containers on the local Docker engine (host network; image, command,
+environment and `secrets` resolved from Secrets Manager; the container `healthCheck` mapped to a
+Docker healthcheck), stops a task when its container exits or turns unhealthy (with ECS's stopped
+reasons and exit codes), keeps runningCount / deployments[] / rolloutState up to date, and runs
+`run_task` one-off tasks as real containers whose exit code becomes the container's exitCode.
+Output of containers with the awslogs driver is shipped to moto's CloudWatch Logs.
+
+Scheduling as ECS does with minimumHealthyPercent 0 / maximumPercent 100 (what host networking
+on one instance forces anyway): the old deployment's tasks stop before the new ones start.
+
+Faults are injected on the wire (a WSGI layer in front of moto): `throttle(action, times)`
+answers ThrottlingException, `deny(action)` answers AccessDeniedException.
+
+The registry gap: moto's ECR token (`AWS:123456789012-auth-token`) is accepted by the local
+registry; `register_image` tells moto's ECR about an image pushed there, with the manifest and
+digest the registry serves, so `describe_images` can confirm a push.
+"""
+
+import contextlib
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import boto3
+import botocore.exceptions
+import docker
+import docker.errors
+import httpx
+from moto.ecr.models import ecr_backends
+from moto.ecs.models import Task, ecs_backends
+from moto.moto_api import state_manager
+from moto.server import ThreadedMotoServer
+from prefect_aws import AwsClientParameters, AwsCredentials
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from moto.moto_server.werkzeug_app import (  # isort: skip
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+
+LABEL = "io.rhesis.fake-ecs"
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json,"
+    "application/vnd.oci.image.manifest.v1+json"
+)
+_NS = 1_000_000_000
+
+
+RELEASE_KEY_ID = "AKIAFAKEECSRELEASE"  # the key of the block under test: faults hit only it
+
+
+class FaultInjection:
+    """WSGI layer in front of moto: answers chosen actions with AWS error responses, for
+    requests signed with the release credentials only (test setup and the agent go through)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.throttled: dict[str, int] = {}
+        self.denied: set[str] = set()
+        self.calls: list[str] = []
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        if f"Credential={RELEASE_KEY_ID}/" not in request.headers.get("Authorization", ""):
+            return self.app(environ, start_response)
+        action = _action(request)
+        with self.lock:
+            self.calls.append(action)
+            if action in self.denied or "*" in self.denied:
+                fault = (
+                    "AccessDeniedException",
+                    f"User: arn:aws:iam::{ACCOUNT}:user/release is not authorized to perform: "
+                    f"{action} because no identity-based policy allows the action",
+                )
+            elif self.throttled.get(action, 0) > 0:
+                self.throttled[action] -= 1
+                fault = ("ThrottlingException", "Rate exceeded")
+            else:
+                fault = None
+        if fault is None:
+            return self.app(environ, start_response)
+        body = json.dumps({"__type": fault[0], "message": fault[1]})
+        response = Response(body, status=400, content_type="application/x-amz-json-1.1")
+        return response(environ, start_response)
+
+
+def _action(request: Request) -> str:
+    target = request.headers.get("X-Amz-Target", "")
+    return target.rsplit(".", 1)[-1] if target else request.args.get("Action", "")
+
+
+class _MotoServer(ThreadedMotoServer):
+    """moto's threaded server with the fault layer in front of it."""
+
+    def __init__(self):
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self.faults = FaultInjection(DomainDispatcherApplication(create_backend_app))
+
+    def _server_entry(self) -> None:
+        self._server = make_server(
+            self._ip_address,
+            self._port,
+            self.faults,
+            True,
+            request_handler=MotoRequestHandler,
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
+@dataclass
+class Run:
+    """A task the agent runs as a real container."""
+
+    task: Task
+    container: object | None
+    deployment: str | None  # None: a one-off task
+    definition: dict
+    health_checked: bool = False
+    done: bool = False
+
+
+@dataclass
+class FakeEcs:
+    """moto server + fake agent; `credentials()` gives an AwsCredentials block for it."""
+
+    engine: docker.DockerClient
+    registry_address: str
+    registry_auth: dict[str, str] = field(repr=False)
+    server: _MotoServer = field(default_factory=_MotoServer)
+
+    def start(self) -> "FakeEcs":
+        # Tasks change state only when the agent says so (moto would advance them on reads).
+        state_manager.set_transition(
+            model_name="ecs::task", transition={"progression": "manual", "times": 10**9}
+        )
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        self.agent = FakeEcsAgent(self)
+        self.agent.start()
+        return self
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self.server.stop()
+
+    # -- clients -----------------------------------------------------------------------------
+    def credentials(self, **client_config) -> AwsCredentials:
+        """An AwsCredentials block for the emulator (botocore `config` options may be given)."""
+        return AwsCredentials(
+            aws_access_key_id=RELEASE_KEY_ID,
+            aws_secret_access_key="fake-secret-key-for-moto",
+            region_name=REGION,
+            aws_client_parameters=AwsClientParameters(
+                endpoint_url=self.endpoint, config=client_config or None
+            ),
+        )
+
+    def client(self, service: str):
+        """A boto3 client for test setup and the agent (never affected by `deny`)."""
+        return boto3.client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.endpoint,
+            aws_access_key_id="AKIAFAKEECSSETUP",
+            aws_secret_access_key="fake-setup-key",
+        )
+
+    # -- faults --------------------------------------------------------------------------------
+    def throttle(self, action: str, times: int = 1) -> None:
+        with self.server.faults.lock:
+            self.server.faults.throttled[action] = times
+
+    def deny(self, action: str = "*") -> None:
+        with self.server.faults.lock:
+            self.server.faults.denied.add(action)
+
+    def clear_faults(self) -> None:
+        with self.server.faults.lock:
+            self.server.faults.throttled.clear()
+            self.server.faults.denied.clear()
+
+    def calls(self, action: str) -> int:
+        with self.server.faults.lock:
+            return self.server.faults.calls.count(action)
+
+    # -- ECR -------------------------------------------------------------------------------------
+    def register_image(self, pinned: str, tag: str) -> None:
+        """Tell moto's ECR about an image pushed to the local registry (manifest and digest
+        as the registry serves them), as ECR itself would know it after a push."""
+        name, digest = pinned.split("@")
+        repository = name.split("/", 1)[1]
+        response = httpx.get(
+            f"http://{self.registry_address}/v2/{repository}/manifests/{digest}",
+            auth=(self.registry_auth["username"], self.registry_auth["password"]),
+            headers={"Accept": MANIFEST_TYPES},
+        )
+        response.raise_for_status()
+        ecr_backends[ACCOUNT][REGION].put_image(
+            repository,
+            response.text,
+            tag,
+            response.headers["Content-Type"],
+            digest=response.headers["Docker-Content-Digest"],
+        )
+
+
+class FakeEcsAgent(threading.Thread):
+    """Reconciles moto's ECS services and one-off tasks with real containers, twice a second."""
+
+    def __init__(self, fake: FakeEcs, interval: float = 0.5):
+        super().__init__(daemon=True, name="fake-ecs-agent")
+        self.fake = fake
+        self.engine = fake.engine
+        self.interval = interval
+        self.runs: dict[str, Run] = {}
+        self.errors: list[str] = []
+        self._stop_event = threading.Event()
+        self.logs = fake.client("logs")
+        self.secrets = fake.client("secretsmanager")
+        ec2 = fake.client("ec2")
+        image = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+        # The EC2 instance the local engine stands for, as a container instance of every cluster.
+        instance = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]
+        self.instance_id = instance["InstanceId"]
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.reconcile()
+            except Exception as exc:  # surfaced by the fixture, never swallowed silently
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=30)
+        for run in list(self.runs.values()):
+            if run.container is not None:
+                _remove(run.container)
+        for container in self.engine.containers.list(all=True, filters={"label": LABEL}):
+            _remove(container)
+
+    # -- reconciliation ----------------------------------------------------------------------
+    def reconcile(self) -> None:
+        backend = ecs_backends[ACCOUNT][REGION]
+        for cluster in list(backend.clusters.values()):
+            if not backend.container_instances.get(cluster.name):
+                # The local engine joins every cluster, so run_task (EC2) can place tasks.
+                backend.register_container_instance(cluster.name, self.instance_id)
+        services = [s for s in list(backend.services.values()) if s.status == "ACTIVE"]
+        for service in services:
+            self._reconcile_service(backend, service)
+        active = {(s.cluster_name, f"service:{s.name}") for s in services}
+        for run in list(self.runs.values()):
+            owner = (run.task.cluster_name, run.task.group)
+            if run.deployment is not None and not run.done and owner not in active:
+                self._stop_task(run, "Service deleted")
+        for tasks in list(backend.tasks.values()):
+            for arn, task in list(tasks.items()):
+                self._reconcile_oneoff(backend, arn, task)
+
+    def _reconcile_service(self, backend, service) -> None:
+        mine = [
+            r
+            for r in list(self.runs.values())
+            if r.task.group == f"service:{service.name}"
+            and r.task.cluster_name == service.cluster_name
+        ]
+        primary = service.deployments[0]
+        if primary["taskDefinition"] != service.task_definition:
+            primary = self._new_deployment(service)
+        primary["desiredCount"] = service.desired_count
+        for run in mine:
+            if run.deployment != primary["id"] and not run.done:
+                self._stop_task(run, f"Scaling activity initiated by (deployment {primary['id']})")
+        service.deployments = [primary]
+        live = [r for r in mine if r.deployment == primary["id"] and not r.done]
+        for run in live:
+            self._check(run, primary)
+        live = [r for r in live if not r.done]
+        for extra in live[service.desired_count :]:
+            self._stop_task(extra, f"Scaling activity initiated by (deployment {primary['id']})")
+        live = live[: service.desired_count]
+        while len(live) < service.desired_count:
+            live.append(self._start_service_task(backend, service, primary))
+        live = [r for r in live if not r.done]
+        running = [r for r in live if r.task.last_status == "RUNNING"]
+        healthy = [r for r in running if r.task.health_status != "UNKNOWN" or not r.health_checked]
+        primary.update(
+            runningCount=len(running),
+            pendingCount=len(live) - len(running),
+            updatedAt=datetime.now(UTC),
+        )
+        if len(healthy) == service.desired_count and primary["rolloutState"] == "IN_PROGRESS":
+            primary["rolloutState"] = "COMPLETED"
+            primary["rolloutStateReason"] = f"ECS deployment {primary['id']} completed."
+        service.running_count = len(running)
+        service.pending_count = len(live) - len(running)
+
+    def _new_deployment(self, service) -> dict:
+        now = datetime.now(UTC)
+        deployment_id = f"ecs-svc/{random.randint(10**18, 10**19 - 1)}"
+        deployment = {
+            **service.deployments[0],
+            "id": deployment_id,
+            "status": "PRIMARY",
+            "taskDefinition": service.task_definition,
+            "desiredCount": service.desired_count,
+            "runningCount": 0,
+            "pendingCount": 0,
+            "failedTasks": 0,
+            "rolloutState": "IN_PROGRESS",
+            "rolloutStateReason": f"ECS deployment {deployment_id} in progress.",
+            "createdAt": now,
+            "updatedAt": now,
+        }
+        for old in service.deployments:
+            old["status"] = "ACTIVE"
+        service.deployments = [deployment, *service.deployments]
+        return deployment
+
+    def _start_service_task(self, backend, service, deployment: dict) -> Run:
+        definition = backend.describe_task_definition(deployment["taskDefinition"])
+        task = Task(
+            backend.clusters[service.cluster_name],
+            definition,
+            None,
+            None,
+            backend=backend,
+            group=f"service:{service.name}",
+            launch_type=service.launch_type or "EC2",
+            started_by=deployment["id"],
+        )
+        backend.tasks.setdefault(service.cluster_name, {})[task.task_arn] = task
+        run = Run(task, None, deployment["id"], definition.container_definitions[0])
+        self.runs[task.task_arn] = run
+        self._launch(run, {})
+        return run
+
+    def _reconcile_oneoff(self, backend, arn: str, task: Task) -> None:
+        run = self.runs.get(arn)
+        if run is None:
+            if task.group.startswith("service:") or task.last_status == "STOPPED":
+                return
+            definition = backend.describe_task_definition(task.task_definition_arn)
+            run = Run(task, None, None, definition.container_definitions[0])
+            self.runs[arn] = run
+            overrides = (task.overrides.get("containerOverrides") or [{}])[0]
+            self._launch(run, overrides)
+            self._release(backend, task)
+            return
+        if run.done or run.deployment is not None:
+            return
+        if task.last_status == "STOPPED":  # stop_task: moto marked it, the agent kills it
+            self._stop_task(run, task.stopped_reason or "Task stopped by user", exit_code=137)
+            return
+        self._check(run, None)
+
+    # -- containers --------------------------------------------------------------------------
+    def _launch(self, run: Run, overrides: dict) -> None:
+        definition = run.definition
+        env = {e["name"]: e["value"] for e in definition.get("environment", [])}
+        for secret in definition.get("secrets", []):
+            env[secret["name"]] = self.secrets.get_secret_value(SecretId=secret["valueFrom"])[
+                "SecretString"
+            ]
+        env.update({e["name"]: e["value"] for e in overrides.get("environment", [])})
+        command = overrides.get("command") or definition.get("command")
+        health = definition.get("healthCheck")
+        run.health_checked = bool(health)
+        run.task.containers[0].exitCode = None
+        try:
+            self._ensure_image(definition["image"])
+            run.container = self.engine.containers.run(
+                definition["image"],
+                command,
+                entrypoint=definition.get("entryPoint"),
+                environment=env,
+                network_mode="host",
+                labels={LABEL: "1", f"{LABEL}.task": run.task.task_arn},
+                healthcheck=_docker_healthcheck(health) if health else None,
+                detach=True,
+            )
+        except docker.errors.DockerException as exc:
+            self._stop_task(run, f"CannotPullContainerError: {exc}", exit_code=None)
+            return
+        run.task.last_status = "RUNNING"
+        run.task.containers[0].last_status = "RUNNING"
+        run.task.health_status = "UNKNOWN"
+        run.task.containers[0].health_status = "UNKNOWN"
+
+    def _check(self, run: Run, deployment: dict | None) -> None:
+        try:
+            run.container.reload()
+        except docker.errors.NotFound:
+            self._stop_task(run, "Task stopped: container removed", exit_code=137)
+            return
+        state = run.container.attrs["State"]
+        health = (state.get("Health") or {}).get("Status")
+        if state["Status"] in ("exited", "dead"):
+            self._stop_task(run, "Essential container in task exited", exit_code=state["ExitCode"])
+        elif health == "unhealthy":
+            self._stop_task(run, "Task failed container health checks", exit_code=137)
+        elif health == "healthy" or not run.health_checked:
+            run.task.health_status = "HEALTHY" if run.health_checked else "UNKNOWN"
+            run.task.containers[0].health_status = run.task.health_status
+            return
+        else:
+            return
+        if deployment is not None and deployment["rolloutState"] == "IN_PROGRESS":
+            deployment["failedTasks"] += 1
+
+    def _stop_task(self, run: Run, reason: str, exit_code: int | None = 137) -> None:
+        task = run.task
+        if run.container is not None:
+            self._ship_logs(run)
+            try:
+                run.container.reload()
+                if run.container.attrs["State"]["Status"] in ("exited", "dead"):
+                    exit_code = run.container.attrs["State"]["ExitCode"]
+            except docker.errors.NotFound:
+                pass
+            _remove(run.container)
+        task.containers[0].exitCode = exit_code
+        task.containers[0].last_status = "STOPPED"
+        task.last_status = "STOPPED"
+        task.desired_status = "STOPPED"
+        task.stopped_reason = reason
+        task.stopped_at = datetime.now(UTC)
+        run.done = True
+
+    def _release(self, backend, task: Task) -> None:
+        """Give back what run_task reserved on the container instance, as the agent does."""
+        if task.container_instance_arn and task.resource_requirements:
+            instance = backend.container_instances[task.cluster_name][
+                task.container_instance_arn.split("/")[-1]
+            ]
+            backend.update_container_instance_resources(
+                instance, task.resource_requirements, removing=True
+            )
+
+    def _ensure_image(self, image: str) -> None:
+        try:
+            self.engine.images.get(image)
+        except docker.errors.ImageNotFound:
+            self.engine.images.pull(image, auth_config=self.fake.registry_auth)
+
+    def _ship_logs(self, run: Run) -> None:
+        """The awslogs driver's job: container output to CloudWatch Logs."""
+        config = run.definition.get("logConfiguration") or {}
+        options = config.get("options") or {}
+        if config.get("logDriver") != "awslogs":
+            return
+        group = options["awslogs-group"]
+        stream = f"{options['awslogs-stream-prefix']}/{run.definition['name']}/"
+        stream += run.task.task_arn.rsplit("/", 1)[-1]
+        output = run.container.logs().decode(errors="replace").splitlines() or ["(no output)"]
+        for create in (
+            lambda: self.logs.create_log_group(logGroupName=group),
+            lambda: self.logs.create_log_stream(logGroupName=group, logStreamName=stream),
+        ):
+            try:
+                create()
+            except botocore.exceptions.ClientError as exc:
+                if exc.response["Error"]["Code"] != "ResourceAlreadyExistsException":
+                    raise
+        stamp = int(time.time() * 1000)
+        self.logs.put_log_events(
+            logGroupName=group,
+            logStreamName=stream,
+            logEvents=[{"timestamp": stamp, "message": line or " "} for line in output],
+        )
+
+
+def _docker_healthcheck(check: dict) -> dict:
+    """An ECS container healthCheck (seconds, ECS defaults) as Docker's (nanoseconds)."""
+    return {
+        "test": check["command"],
+        "interval": int(check.get("interval", 30) * _NS),
+        "timeout": int(check.get("timeout", 5) * _NS),
+        "retries": check.get("retries", 3),
+        "start_period": int(check.get("startPeriod", 0) * _NS),
+    }
+
+
+def _remove(container) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        container.remove(force=True)

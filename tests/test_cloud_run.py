@@ -1,0 +1,285 @@
+"""Cloud Run target against the fake Cloud Run Admin API v2 (real containers, real google-auth,
+real run_v2 REST client, real registry and PostgreSQL)."""
+
+import time
+import uuid
+
+import httpx
+import pytest
+from google.cloud import run_v2
+from prefect_gcp import GcpCredentials
+from pydantic import ValidationError
+
+from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
+from blocks.environment import connect_target
+from flows.release import ReleaseFailed
+from flows.release import release as release_flow
+from targets.database import read_revision
+from targets.engine import login, registry_auth
+from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from tests import services
+from tests.fakes.cloud_run import FakeCloudRun
+
+pytestmark = [pytest.mark.cloudrun, pytest.mark.docker]
+
+PROJECT, REGION = "rhesis-test", "europe-west1"
+CLOUDSQL = f"{PROJECT}:{REGION}:backend-db"
+PLACEHOLDER = "python:3.11-slim"  # what `gcloud run deploy` left before the first release
+MIGRATE = ["alembic", "upgrade", "head"]
+
+
+@pytest.fixture
+def fake(engine, registry):
+    token = (services.STATE_DIR / "registry" / "gcp-token").read_text().strip()
+    pull_auth = {"username": "oauth2accesstoken", "password": token}
+    with FakeCloudRun(engine, access_token=token, pull_auth=pull_auth) as fake:
+        yield fake
+
+
+def make_settings(fake: FakeCloudRun, *, authorized: bool = True, **overrides):
+    suffix = uuid.uuid4().hex[:6]
+    key = fake.service_account_key(
+        f"release-{suffix}@{PROJECT}.iam.gserviceaccount.com", PROJECT, authorized=authorized
+    )
+    fields = dict(
+        gcp_credentials=GcpCredentials(service_account_info=key),
+        project=PROJECT,
+        region=REGION,
+        api_service=f"api-{suffix}",
+        worker_service=f"worker-{suffix}",
+        migration_job=f"migrate-{suffix}",
+        cloudsql_instances=[CLOUDSQL],
+        api_endpoint=fake.url,
+        operation_timeout_seconds=90,
+    )
+    fields.update(overrides)
+    return CloudRunSettings(**fields)
+
+
+@pytest.fixture
+def settings(fake):
+    """Settings whose two services exist, as the seed's `gcloud run deploy` left them."""
+    settings = make_settings(fake)
+    client = run_v2.ServicesClient(
+        credentials=settings.gcp_credentials.get_credentials_from_service_account(),
+        transport="rest",
+        client_options={"api_endpoint": fake.url},
+    )
+    listener = run_v2.Container(
+        image=PLACEHOLDER,
+        command=["sh", "-c", 'exec python3 -m http.server "$PORT"'],
+        resources=run_v2.ResourceRequirements(cpu_idle=True),
+    )
+    parent = f"projects/{PROJECT}/locations/{REGION}"
+    for name in (settings.api_service, settings.worker_service):
+        service = run_v2.Service(template=run_v2.RevisionTemplate(containers=[listener]))
+        client.create_service(parent=parent, service=service, service_id=name).result(60)
+    return settings
+
+
+@pytest.fixture
+def target(settings, pg, database):
+    return connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
+
+
+def health(url: str, budget: float = 30.0) -> dict:
+    """The last /health answer, waiting until it is a 200 (or the budget is spent)."""
+    deadline = time.monotonic() + budget
+    while True:
+        response = httpx.get(f"{url}/health", timeout=5)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            return {"code": response.status_code, **response.json()}
+        time.sleep(0.5)
+
+
+def release(target, image: str, version: str, workers: int = 1) -> None:
+    """What the release flow does on Cloud Run, step by step."""
+    assert target.run_oneoff(image, MIGRATE, {}, timeout=120).exit_code == 0
+    target.deploy_api(image, version)
+    assert health(target.candidate_url())["version"] == version
+    target.promote_api()
+    target.scale_workers(image, version, workers)
+
+
+def test_release_v1_then_v2_moves_traffic_only_after_the_tag_url_answers(
+    fake, target, settings, build_backend, pg, database, engine
+):
+    v1, v2 = build_backend("cr-v1"), build_backend("cr-v2")
+    target.check()
+    release(target, v1, "cr-v1")
+    assert read_revision(pg.url(database)) == "0003"  # the job really migrated
+    before = target.read_state()
+
+    target.deploy_api(v2, "cr-v2")
+
+    candidate = health(target.candidate_url())
+    assert (candidate["code"], candidate["version"]) == (200, "cr-v2")
+    assert target.candidate_url().endswith("/v-cr-v2")
+    served = health(target.service_url())
+    assert served["version"] == "cr-v1"  # users still get v1
+    assert target.read_state().api == before.api
+
+    target.promote_api()
+    target.scale_workers(v2, "cr-v2", 2)
+
+    assert health(target.service_url())["version"] == "cr-v2"
+    state = target.read_state()
+    assert (state.api.image, state.api.version) == (v2, "cr-v2")
+    assert state.api.revision != before.api.revision
+    assert (state.workers.image, state.workers.version, state.workers.replicas) == (v2, "cr-v2", 2)
+    assert target.workers_alive(v2, 2).ok
+    assert fake.routable_instances(settings.worker_service) == {state.workers.revision: 2}
+    wait_for_celery(engine, state.workers.revision, 2)
+
+    api = fake.service(settings.api_service)
+    assert [t["percent"] for t in api["trafficStatuses"]] == [100]
+    container = api["template"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["DATABASE_URL"] == pg.url(database)
+    assert {"name": "cloudsql", "mountPath": "/cloudsql"} in container["volumeMounts"]
+    assert {"name": "cloudsql", "cloudSqlInstance": {"instances": [CLOUDSQL]}} in api["template"][
+        "volumes"
+    ]
+    worker = fake.service(settings.worker_service)["template"]
+    assert worker["scaling"]["minInstanceCount"] == 2
+    assert not worker["containers"][0]["resources"].get("cpuIdle")  # CPU always allocated
+
+
+def wait_for_celery(engine, revision: str, count: int, budget: float = 30.0) -> None:
+    deadline = time.monotonic() + budget
+    label = f"io.rhesis.fake-cloudrun.revision={revision}"
+    while True:
+        containers = engine.containers.list(filters={"label": label})
+        ready = [c for c in containers if " ready." in c.logs(tail=200).decode(errors="replace")]
+        if len(ready) == count:
+            return
+        assert time.monotonic() < deadline, f"{len(ready)}/{count} Celery workers ready"
+        time.sleep(1)
+
+
+@pytest.mark.faults
+def test_broken_candidate_never_gets_traffic_and_rollback_pins_the_old_revision(
+    fake, target, settings, build_backend
+):
+    v1 = build_backend("cr-v1")
+    broken = build_backend("cr-broken", fail_health="1")
+    release(target, v1, "cr-v1")
+    before = target.read_state()
+
+    target.deploy_api(broken, "cr-broken")
+    candidate = health(target.candidate_url(), budget=3)
+    assert candidate["code"] == 503  # verification fails on the tag URL ...
+    assert health(target.service_url())["version"] == "cr-v1"  # ... while users get v1
+    created = len(target.revisions.list_revisions(parent=target.api_name).revisions)
+
+    target.restore_api(before.api)
+
+    assert target.read_state().api == before.api
+    assert health(target.service_url())["version"] == "cr-v1"
+    assert len(target.revisions.list_revisions(parent=target.api_name).revisions) == created
+    statuses = fake.service(settings.api_service)["trafficStatuses"]
+    assert [(s["revision"], s["percent"]) for s in statuses] == [(before.api.revision, 100)]
+
+
+@pytest.mark.faults
+@pytest.mark.migrations
+def test_failed_migration_job_surfaces_the_error_and_the_schema_is_restored(
+    target, build_backend, pg, database
+):
+    broken = build_backend("cr-badmig", fail_migration="0002")
+    url = pg.url(database)
+
+    result = target.run_oneoff(broken, MIGRATE, {}, timeout=120)
+
+    assert result.exit_code == 1
+    assert "exit code of 1" in result.output
+    assert read_revision(url) == "0001"  # stopped at the last good revision
+    restored = target.run_oneoff(broken, ["alembic", "downgrade", "base"], {}, timeout=120)
+    assert restored.exit_code == 0
+    assert read_revision(url) is None
+
+
+@pytest.mark.faults
+def test_a_503_on_a_read_is_retried_and_on_a_change_is_transient(fake, target, build_backend):
+    fake.fail_next(503, method="GET", path_contains="/services/")
+    target.read_state()  # retried inside the adapter
+    gets = [p for m, p in fake.requests if m == "GET" and p == f"/v2/{target.api_name}"]
+    assert len(gets) == 2
+
+    v1 = build_backend("cr-v1")
+    fake.fail_next(503, method="PATCH")
+    with pytest.raises(TransientError, match="503"):
+        target.deploy_api(v1, "cr-v1")
+    assert target.read_state().api.image == PLACEHOLDER  # nothing changed
+    target.deploy_api(v1, "cr-v1")  # what the task's retry does
+    assert health(target.candidate_url())["version"] == "cr-v1"
+
+
+@pytest.mark.faults
+def test_permission_denied_is_an_authentication_error_before_any_change(fake, settings, pg):
+    denied = make_settings(
+        fake,
+        authorized=False,
+        api_service=settings.api_service,
+        worker_service=settings.worker_service,
+    )
+    target = connect(denied, "staging", {"DATABASE_URL": "postgresql://u:s3cr3t@h/db"})
+    before, changes = fake.service(settings.api_service), fake.mutations()
+
+    with pytest.raises(AuthenticationError, match="refused the credentials") as info:
+        target.check()
+    with pytest.raises(AuthenticationError):
+        target.deploy_api(PLACEHOLDER, "v9")
+
+    assert fake.mutations() == changes
+    assert fake.service(settings.api_service)["generation"] == before["generation"]
+    assert "PRIVATE KEY" not in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+def test_artifact_registry_login_uses_an_access_token_of_the_service_account(
+    fake, registry, engine
+):
+    creds = registry_credentials(make_settings(fake), registry.address)
+    assert creds.username == "oauth2accesstoken"
+    auth = registry_auth(creds.username, creds.password.get_secret_value())
+    login(engine, registry.address, auth)  # the real registry accepts it
+
+    refused = registry_credentials(make_settings(fake, authorized=False), registry.address)
+    wrong = registry_auth(refused.username, refused.password.get_secret_value())
+    with pytest.raises(AuthenticationError):
+        login(engine, registry.address, wrong)
+
+
+def test_bad_input_is_a_clear_error_before_anything_runs(fake, settings):
+    with pytest.raises(ValidationError, match="'<area>-<direction><number>', e.g. 'europe-west1'"):
+        make_settings(fake, region="europe_west")
+    with pytest.raises(ConfigurationError, match="no Cloud Run settings"):
+        connect(None, "staging", {})
+    missing = make_settings(fake, api_service=settings.api_service, worker_service="no-such-worker")
+    with pytest.raises(ConfigurationError, match="'no-such-worker' does not exist"):
+        connect(missing, "staging", {}).check()
+    seed = ("POST", f"/v2/projects/{PROJECT}/locations/{REGION}/services")
+    assert fake.mutations() == [seed, seed]  # only the seed created anything
+
+
+@pytest.mark.faults
+def test_release_flow_releases_then_rolls_back_a_broken_candidate(
+    fake, settings, make_env, database, build_backend, pg
+):
+    env = make_env(database, target="cloudrun", cloud_run=settings, registry_credentials=None)
+    env.save(env.environment, overwrite=True)
+    v1, broken = build_backend("cr-v1"), build_backend("cr-broken", fail_health="1")
+
+    first = release_flow(env.environment, image=v1)
+
+    assert first["outcome"] == "released"
+    target = connect_target(env)
+    assert health(target.service_url())["version"] == "cr-v1"
+    before = target.read_state()
+
+    with pytest.raises(ReleaseFailed, match="verify-api.*Rolled back and verified"):
+        release_flow(env.environment, image=broken)
+
+    assert target.read_state() == before  # same revisions, images and worker count
+    assert health(target.service_url())["version"] == "cr-v1"
+    assert read_revision(pg.url(database)) == "0003"
