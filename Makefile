@@ -34,5 +34,9 @@ demo: $(STAMP)
 	scripts/services.sh all
 	$(PY) examples/demo.py
 
+bench: $(STAMP)
+	scripts/services.sh all
+	$(PY) -m bench.run
+
 clean:
 	rm -rf $(VENV) bench/results.json

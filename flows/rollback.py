@@ -49,7 +49,7 @@ def rollback(environment: str) -> list[str]:
         ),
         SCHEMA: (
             f"schema back to {record.snapshot.schema_revision or 'base'}",
-            lambda: downgrade(env, record.image, record.snapshot.schema_revision),
+            lambda: _restore_schema(env, record.image, record.snapshot.schema_revision),
         ),
     }
     restored: list[str] = []
@@ -75,6 +75,14 @@ def rollback(environment: str) -> list[str]:
     record.clear()
     logger.info(f"rollback complete and verified: {'; '.join(restored)}")
     return restored
+
+
+def _restore_schema(env, image: str, revision: str | None) -> None:
+    """Downgrade to the recorded revision, unless the failed migration changed nothing."""
+    if read_revision(env.database_url_value()) == revision:
+        get_run_logger().info(f"schema still at {revision or 'base'}: nothing to downgrade")
+        return
+    downgrade(env, image, revision)
 
 
 def _read_back(env) -> str:

@@ -5,10 +5,8 @@ os.environ.setdefault("RELEASE_RETRY_BACKOFF_SECONDS", "0.2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-import shutil  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from prefect.blocks.system import Secret  # noqa: E402
@@ -19,10 +17,7 @@ from blocks.environment import ReleaseEnvironment  # noqa: E402
 from targets.docker_host import L_ENV  # noqa: E402
 from targets.engine import build_image, login, push_image, registry_auth  # noqa: E402
 from tests import services  # noqa: E402
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BACKEND = REPO_ROOT / "examples" / "backend"
-TEST_REPOSITORY = f"{services.REGISTRY_ADDR}/tests/backend"
+from tests.backend import BACKEND, TEST_REPOSITORY, backend_context  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,28 +48,6 @@ def database(pg):
     name = pg.create_database()
     yield name
     pg.drop_database(name)
-
-
-def backend_context(
-    root: Path, head: str = "0003", extra: dict[str, str] | None = None, **faults: str
-) -> Path:
-    """A copy of examples/backend as an older or newer checkout would be: revisions after
-    `head` removed, `extra` files (e.g. new revisions) added, and failure switches
-    (`fail_health="1"`, `fail_migration="0003"`) baked in as the Dockerfile's defaults."""
-    root.mkdir(parents=True, exist_ok=True)
-    context = root / f"backend-{head}-{uuid.uuid4().hex[:6]}"
-    shutil.copytree(BACKEND, context, ignore=shutil.ignore_patterns("__pycache__"))
-    for revision in (context / "migrations" / "versions").glob("*.py"):
-        if revision.name.split("_", 1)[0] > head:
-            revision.unlink()
-    for rel, text in (extra or {}).items():
-        (context / rel).write_text(text)
-    dockerfile = context / "Dockerfile"
-    for name, value in faults.items():
-        arg = f"ARG {name.upper()}="
-        assert arg in dockerfile.read_text(), f"Dockerfile has no {arg}"
-        dockerfile.write_text(dockerfile.read_text().replace(arg, arg + value))
-    return context
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from flows.record import load_record
 from flows.release import ReleaseFailed, release
 from flows.rollback import rollback
 from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
-from targets.errors import AuthenticationError, ConfigurationError
+from targets.errors import AuthenticationError, ConfigurationError, StepFailed
 from tests.conftest import backend_context
 from tests.faults import FlakyProxy
 
@@ -226,3 +226,35 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
 
 def _as_task(fn):
     return task(name="verify-api")(fn)
+
+
+@pytest.mark.faults
+def test_a_failing_rollback_says_what_state_the_environment_is_in(
+    environment, engine, pg, database, tmp_path, monkeypatch
+):
+    release_from(environment, tmp_path, "v1", head="0002")
+
+    def engine_gone(*args, **kwargs):
+        raise StepFailed("the Docker engine stopped answering")
+
+    monkeypatch.setattr("flows.rollback.restore_workers", task(name="restore-workers")(engine_gone))
+    with pytest.raises(ReleaseFailed) as info:
+        release_from(environment, tmp_path, "v2", head="0003", fail_health="1")
+
+    message = str(info.value)
+    assert "failed at step 'verify-api'" in message
+    assert "FAILED at 'workers back to 2 x v1" in message
+    assert "the Docker engine stopped answering" in message
+    assert "Done before that: API back to 1 x v1" in message
+    assert "Environment now: API 1 x v1" in message
+    assert "workers 2 x v2" in message
+    assert "schema at 0003" in message
+    assert load_record(environment.environment) is not None  # kept for a second attempt
+
+    monkeypatch.undo()
+    rollback(environment.environment)
+
+    assert served_version(environment) == "v1"
+    assert [w.labels[L_VERSION] for w in running(engine, environment, "worker")] == ["v1", "v1"]
+    assert schema(pg, database) == "0002"
+    assert load_record(environment.environment) is None
