@@ -8,6 +8,9 @@ change one thing each, and `restore_*` put back a state that `read_state` record
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+# How the backend image starts one Celery worker (the seed's command).
+DEFAULT_WORKER_COMMAND = ("celery", "-A", "app.worker", "worker", "--loglevel=info")
+
 
 @dataclass(frozen=True)
 class ServiceState:

@@ -26,7 +26,13 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import run_v2
 
-from targets.base import OneOffResult, ServiceState, TargetState, WorkerHealth
+from targets.base import (
+    DEFAULT_WORKER_COMMAND,
+    OneOffResult,
+    ServiceState,
+    TargetState,
+    WorkerHealth,
+)
 from targets.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -98,13 +104,7 @@ class CloudRunTarget:
         self.job_name = f"{self.location}/jobs/{migration_job}"
         self.env = dict(env or {})
         self.cloudsql_instances = list(cloudsql_instances or [])
-        self.worker_command = worker_command or [
-            "celery",
-            "-A",
-            "app.worker",
-            "worker",
-            "--loglevel=info",
-        ]
+        self.worker_command = worker_command or list(DEFAULT_WORKER_COMMAND)
         self.operation_timeout = operation_timeout
 
     # -- facts ---------------------------------------------------------------------------

@@ -9,7 +9,13 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from targets.base import OneOffResult, ServiceState, TargetState, WorkerHealth
+from targets.base import (
+    DEFAULT_WORKER_COMMAND,
+    OneOffResult,
+    ServiceState,
+    TargetState,
+    WorkerHealth,
+)
 from targets.engine import classify_engine_error
 from targets.errors import ReleaseError
 
@@ -41,13 +47,7 @@ class DockerHostTarget:
         self.network = network
         self.publish_address = publish_address
         self.env = dict(env or {})
-        self.worker_command = worker_command or [
-            "celery",
-            "-A",
-            "app.worker",
-            "worker",
-            "--loglevel=info",
-        ]
+        self.worker_command = worker_command or list(DEFAULT_WORKER_COMMAND)
         self.registry_auth = registry_auth
 
     # -- names ---------------------------------------------------------------------------
