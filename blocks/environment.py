@@ -20,7 +20,7 @@ from blocks.cloud_run import registry_credentials as cloud_run_registry_credenti
 from blocks.ecs import EcsSettings, confirm_pushed_image
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
-from targets.base import Target
+from targets.base import DEFAULT_WORKER_COMMAND, Target
 from targets.docker_host import DockerHostTarget
 from targets.errors import ConfigurationError, TransientError
 from targets.images import parse_image_reference
@@ -83,7 +83,7 @@ class ReleaseEnvironment(Block):
     # Workers and one-off commands.
     worker_count: int = Field(default=1, ge=0, le=100, description="Celery workers to run.")
     worker_command: list[str] = Field(
-        default=["celery", "-A", "app.worker", "worker", "--loglevel=info"],
+        default_factory=lambda: list(DEFAULT_WORKER_COMMAND),
         description="Command that starts one worker in the backend image.",
     )
     migrate_command: list[str] = Field(
@@ -101,6 +101,11 @@ class ReleaseEnvironment(Block):
     migration_statement_timeout: str = Field(
         default="5min", description="PostgreSQL statement_timeout for migrations."
     )
+    migration_rehearsal: bool = Field(
+        default=True,
+        description="Before a release migrates, rehearse upgrade -> downgrade -> upgrade of "
+        "the pending revisions on a scratch database on the same server (needs CREATEDB).",
+    )
     # Verification (defaults in the spirit of Kamal: poll 1 s, 5 s per request, 30 s budget).
     health_path: str = Field(default="/health", description="Health endpoint of the API.")
     health_consecutive: int = Field(
@@ -113,6 +118,18 @@ class ReleaseEnvironment(Block):
     )
     worker_budget_seconds: float = Field(
         default=60.0, gt=0, description="Deadline for the workers to report ready."
+    )
+    # Approval.
+    require_approval: bool = Field(
+        default=False,
+        description="Pause every release before its first change until someone approves it "
+        "(resume the paused flow run with who approves).",
+    )
+    approval_timeout_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="How long a release waits for its approval; then it ends without "
+        "changing anything.",
     )
 
     @field_validator("environment")

@@ -31,6 +31,8 @@ class ReleaseRecord:
     version: str | None = None
     snapshot: Snapshot | None = None
     compensations: list[str] = field(default_factory=list)
+    # Pending revisions released although their downgrade cannot run (allow_breaking).
+    irreversible: list[str] = field(default_factory=list)
 
     def save(self) -> None:
         Variable.set(_key(self.environment), self.to_dict(), overwrite=True)
@@ -53,6 +55,7 @@ class ReleaseRecord:
             "version": self.version,
             "snapshot": self.snapshot.to_dict() if self.snapshot else None,
             "compensations": list(self.compensations),
+            "irreversible": list(self.irreversible),
         }
 
     @classmethod
@@ -65,6 +68,7 @@ class ReleaseRecord:
             version=data.get("version"),
             snapshot=snapshot,
             compensations=list(data.get("compensations", [])),
+            irreversible=list(data.get("irreversible", [])),
         )
 
 

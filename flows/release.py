@@ -16,12 +16,14 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from blocks.environment import confirm_push, connect_target, load_environment, push_credentials
+from flows.approval import approve
 from flows.record import API, SCHEMA, WORKERS, claim
 from flows.rollback import RollbackFailed, rollback
 from flows.summary import ReleaseSummary, Timeline
 from targets.errors import ConfigurationError, ReleaseError
 from targets.images import parse_image_reference
 from tasks.build import build
+from tasks.check_migrations import check_migrations
 from tasks.deploy import deploy_api, promote_api
 from tasks.migrate import migrate
 from tasks.push import push, resolve
@@ -45,6 +47,7 @@ def release(
     version: str | None = None,
     worker_count: int | None = None,
     dry_run: bool = False,
+    allow_breaking: list[str] | None = None,
 ) -> dict:
     """Release the backend to `environment`.
 
@@ -56,6 +59,8 @@ def release(
         version: Version to tag and expect on /health (default: from the source's files).
         worker_count: Override the environment's worker count for this release.
         dry_run: Build, push and report the plan; change nothing in the environment.
+        allow_breaking: Pending revision ids whose breaking or irreversible operations
+            are accepted (otherwise the release refuses them before any change).
     """
     logger = get_run_logger()
     env = load_environment(environment)
@@ -67,7 +72,9 @@ def release(
     record = claim(environment, str(flow_run.id) if flow_run.id else None)
     timeline = Timeline()
     try:
-        summary = _release(env, record, timeline, source, git_ref, image, version, workers, dry_run)
+        summary = _release(
+            env, record, timeline, source, git_ref, image, version, workers, dry_run, allow_breaking
+        )
     except Exception as exc:
         if not record.compensations:
             record.clear()
@@ -99,7 +106,9 @@ def release(
     return summary.to_dict()
 
 
-def _release(env, record, timeline, source, git_ref, image, version, workers, dry_run):
+def _release(
+    env, record, timeline, source, git_ref, image, version, workers, dry_run, allow_breaking
+):
     credentials = push_credentials(env)
     snapshot_run = timeline.submit("snapshot", take_snapshot, env)
     if image is None:
@@ -144,6 +153,10 @@ def _release(env, record, timeline, source, git_ref, image, version, workers, dr
     ):
         message = f"{version} ({pinned}) already runs in {env.environment}: nothing to do"
         return summary("no-op", message, snapshot.schema_revision)
+    check = timeline.run(
+        "check-migrations", check_migrations, env, pinned, snapshot.schema_revision, allow_breaking
+    )
+    record.irreversible = check.irreversible
     if dry_run:
         message = (
             f"dry run: would release {version} to {env.environment} (API now "
@@ -152,6 +165,7 @@ def _release(env, record, timeline, source, git_ref, image, version, workers, dr
         )
         return summary("dry-run", message, snapshot.schema_revision)
 
+    approve(env, version, pinned)
     record.register(SCHEMA)
     migration = timeline.run("migrate", migrate, env, pinned)
     record.register(API)

@@ -49,7 +49,9 @@ def rollback(environment: str) -> list[str]:
         ),
         SCHEMA: (
             f"schema back to {record.snapshot.schema_revision or 'base'}",
-            lambda: _restore_schema(env, record.image, record.snapshot.schema_revision),
+            lambda: _restore_schema(
+                env, record.image, record.snapshot.schema_revision, record.irreversible
+            ),
         ),
     }
     restored: list[str] = []
@@ -58,8 +60,7 @@ def rollback(environment: str) -> list[str]:
         for name in (n for n in ROLLBACK_ORDER if n in record.compensations):
             step, undo = steps[name]
             logger.info(f"rollback: {step}")
-            undo()
-            restored.append(step)
+            restored.append(undo() or step)
         step = "verify the restored environment"
         if before.api.image is not None:
             verify_api(env, connect_target(env).service_url(), before.api.version)
@@ -77,12 +78,24 @@ def rollback(environment: str) -> list[str]:
     return restored
 
 
-def _restore_schema(env, image: str, revision: str | None) -> None:
-    """Downgrade to the recorded revision, unless the failed migration changed nothing."""
-    if read_revision(env.database_url_value()) == revision:
+def _restore_schema(env, image: str, revision: str | None, irreversible: list[str]) -> str | None:
+    """Downgrade to the recorded revision, unless the failed migration changed nothing.
+    Refuses, loudly, to downgrade through revisions released as irreversible: the previous
+    version runs on the expanded schema, and nothing is dropped behind anyone's back."""
+    current = read_revision(env.database_url_value())
+    if current == revision:
         get_run_logger().info(f"schema still at {revision or 'base'}: nothing to downgrade")
-        return
+        return None
+    if irreversible:
+        note = (
+            f"schema NOT downgraded: revision(s) {', '.join(irreversible)} were released as "
+            f"irreversible (allow_breaking), so the schema stays at {current or 'base'}; roll "
+            "forward with a fix, or restore the database from a backup"
+        )
+        get_run_logger().warning(note)
+        return note
     downgrade(env, image, revision)
+    return None
 
 
 def _read_back(env) -> str:

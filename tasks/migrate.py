@@ -1,6 +1,8 @@
 """migrate: upgrade the schema by running the NEW image once against the database, and
-downgrade it to an exact recorded revision (the rollback's compensation)."""
+downgrade it to an exact recorded revision (the rollback's compensation). Also renders the
+SQL of a revision range offline in the new image (what the migration check lints)."""
 
+import re
 from dataclasses import dataclass
 
 from prefect import get_run_logger, task
@@ -56,7 +58,7 @@ def _run_alembic(
     if result.exit_code != 0:
         raise MigrationFailed(
             f"alembic {verb} failed (exit {result.exit_code}); schema left at "
-            f"{after or 'base'} (was {before or 'base'}): {alembic_error(result.output)}",
+            f"{after or 'base'} (was {before or 'base'}): {migration_error(env, result.output)}",
             before=before,
             after=after,
             output=result.output,
@@ -73,9 +75,67 @@ def migration_pg_options(env: ReleaseEnvironment) -> str:
     )
 
 
+@dataclass(frozen=True)
+class OfflineSql:
+    sql: str  # what Alembic printed on stdout
+    error: str | None  # Alembic's error text when rendering failed
+
+
+# stdout carries the SQL alone; Alembic's log (stderr) is shown only when it fails.
+_RENDER_SCRIPT = (
+    'alembic "$@" 2>/tmp/alembic.err; status=$?; if [ "$status" -ne 0 ]; then '
+    'echo "{marker}"; cat /tmp/alembic.err; fi; exit "$status"'
+)
+_STDERR_MARKER = "-- alembic failed; its log follows"
+
+
+def render_offline_sql(
+    env: ReleaseEnvironment, image: str, verb: str, revisions: str
+) -> OfflineSql:
+    """`alembic VERB REVISIONS --sql` in a one-off container of `image`: the SQL the
+    revisions would run, without touching the database."""
+    script = _RENDER_SCRIPT.format(marker=_STDERR_MARKER)
+    result = connect_target(env).run_oneoff(
+        image,
+        ["sh", "-c", script, "alembic", verb, revisions, "--sql"],
+        env={},
+        timeout=env.migration_timeout_seconds,
+    )
+    sql, _, log = result.output.partition(_STDERR_MARKER)
+    if result.exit_code == 0:
+        return OfflineSql(sql, None)
+    return OfflineSql(sql, alembic_error(log or result.output))
+
+
+def migration_error(env: ReleaseEnvironment, output: str) -> str:
+    """What went wrong, in words a release operator can act on: a lock or statement
+    timeout says which table and which setting; anything else is Alembic's error text."""
+    statement = re.search(r"^\[SQL: (.*?)\]?\s*$", output, re.MULTILINE)
+    sql = statement.group(1) if statement else "the migration's statement"
+    table = re.search(r"\b(?:TABLE|ON|INTO|UPDATE|FROM)\s+(?:ONLY\s+)?([\w.\"]+)", sql)
+    where = table.group(1) if table else "a table"
+    if "LockNotAvailable" in output or "lock timeout" in output:
+        return (
+            f"migration waited longer than lock_timeout={env.migration_lock_timeout} for a "
+            f"lock on {where} ({sql}): retry when the table is not busy, or raise "
+            "migration_lock_timeout"
+        )
+    if "statement timeout" in output:
+        return (
+            f"migration statement ran longer than statement_timeout="
+            f"{env.migration_statement_timeout} on {where} ({sql}): run it when the table is "
+            "quieter, or raise migration_statement_timeout"
+        )
+    return alembic_error(output)
+
+
 def alembic_error(output: str) -> str:
     """The exception line Alembic printed last (its error text), or the output's tail."""
-    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    lines = [
+        line.strip()
+        for line in output.splitlines()
+        if line.strip() and not line.startswith("(Background on this error")
+    ]
     for line in reversed(lines):
         head = line.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Failed", "Timeout")) or "error" in head.lower():

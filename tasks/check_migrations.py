@@ -1,0 +1,172 @@
+"""check-migrations: before anything changes, make sure the pending revisions are safe.
+
+1. Render the pending revisions' SQL offline in the NEW image and lint it
+   (targets.migration_lint): an operation that breaks the running version is refused.
+2. Render their downgrades offline: a revision whose downgrade raises or changes nothing is
+   irreversible and refused (the rollback could not undo it).
+3. Rehearse on a scratch database on the same server: bring it to the current revision
+   (replaying the new image's own revisions: nothing needed on the runner, works for every
+   target), then upgrade head -> downgrade current -> upgrade head, and drop it.
+
+`allow_breaking` lists the revisions whose findings the caller accepts.
+"""
+
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from blocks.environment import ReleaseEnvironment, connect_target
+from targets.database import classify_connection_error, sqlalchemy_url
+from targets.errors import ConfigurationError, StepFailed
+from targets.migration_lint import irreversible, lint, split_revisions
+from tasks.migrate import migration_error, migration_pg_options, render_offline_sql
+from tasks.retry import transient_retries
+
+
+class MigrationRefused(StepFailed):
+    """A pending revision would break the running version or could not be rolled back."""
+
+
+@dataclass(frozen=True)
+class MigrationCheck:
+    pending: list[str]
+    accepted: list[str] = field(default_factory=list)  # refusals waived by allow_breaking
+    rehearsal_seconds: float | None = None
+    irreversible: list[str] = field(default_factory=list)  # accepted one-way revisions
+
+
+@task(name="check-migrations", cache_policy=NO_CACHE, **transient_retries(2))
+def check_migrations(
+    env: ReleaseEnvironment,
+    image: str,
+    current: str | None,
+    allow_breaking: list[str] | None = None,
+) -> MigrationCheck:
+    """Refuse breaking or irreversible pending revisions, then rehearse the round trip."""
+    logger = get_run_logger()
+    upgrade = render_offline_sql(env, image, "upgrade", f"{current}:head" if current else "head")
+    if upgrade.error:
+        raise StepFailed(f"cannot render the pending migrations of {image}: {upgrade.error}")
+    revisions = split_revisions(upgrade.sql)
+    pending = [r.revision for r in revisions]
+    allowed = set(allow_breaking or [])
+    if unknown := sorted(allowed - set(pending)):
+        raise ConfigurationError(
+            f"allow_breaking names {', '.join(unknown)}, not pending from "
+            f"{current or 'base'} (pending: {', '.join(pending) or 'none'}): fix the list"
+        )
+    if not pending:
+        logger.info(f"schema at {current or 'base'} is already at head: nothing to check")
+        return MigrationCheck(pending)
+    logger.info(f"pending revisions: {', '.join(pending)}")
+    problems = [(f.revision, str(f)) for f in lint(revisions)]
+    one_way = _irreversible(env, image, current, pending)
+    problems += [(revision, reason) for revision, reason in one_way.items()]
+    refused = [reason for revision, reason in problems if revision not in allowed]
+    if refused:
+        breaking = sorted({revision for revision, _ in problems} - allowed)
+        raise MigrationRefused(
+            f"release refused before any change: {'; '.join(refused)}. If this is intended, "
+            f"allow it explicitly: allow_breaking={breaking}"
+        )
+    accepted = [reason for _, reason in problems]
+    for reason in accepted:
+        logger.warning(f"accepted by allow_breaking: {reason}")
+    if not env.migration_rehearsal:
+        logger.info("rehearsal is off for this environment (migration_rehearsal=False)")
+        return MigrationCheck(pending, accepted, irreversible=sorted(one_way))
+    round_trip = not one_way  # an accepted irreversible revision cannot be rehearsed back
+    seconds = rehearse(env, image, current, round_trip)
+    return MigrationCheck(pending, accepted, seconds, irreversible=sorted(one_way))
+
+
+def _irreversible(
+    env: ReleaseEnvironment, image: str, current: str | None, pending: list[str]
+) -> dict[str, str]:
+    """Pending revisions whose downgrade raises or renders nothing, with the reason."""
+    downgrade = render_offline_sql(env, image, "downgrade", f"head:{current or 'base'}")
+    rendered = split_revisions(downgrade.sql)
+    reasons = {}
+    checked = pending
+    if downgrade.error:
+        if not rendered:
+            raise StepFailed(f"cannot render the downgrades of {image}: {downgrade.error}")
+        failing = rendered.pop().revision  # Alembic names a revision before running it
+        checked = [r.revision for r in rendered]
+        reasons[failing] = (
+            f"revision {failing} is irreversible: its downgrade raises ({downgrade.error}), "
+            "so a rollback could not undo it"
+        )
+    for revision in irreversible(checked, rendered):
+        reasons[revision] = (
+            f"revision {revision} is irreversible: its downgrade changes nothing, so a "
+            "rollback could not undo it"
+        )
+    return reasons
+
+
+_REHEARSE_SCRIPT = 'set -e; for step in "$@"; do echo "{marker} $step"; alembic $step; done'
+_STEP_MARKER = "== rehearsal: alembic"
+
+
+def rehearse(env: ReleaseEnvironment, image: str, current: str | None, round_trip: bool) -> float:
+    """upgrade head -> downgrade current -> upgrade head on a scratch database holding the
+    current schema; the seconds it took. Failing: the release must not start."""
+    logger = get_run_logger()
+    steps = [f"upgrade {current}"] if current else []
+    steps.append("upgrade head")
+    if round_trip:
+        steps += [f"downgrade {current or 'base'}", "upgrade head"]
+    started = time.monotonic()
+    with scratch_database(env.database_url_value()) as (name, url):
+        logger.info(f"rehearsing {' -> '.join(steps)} on scratch database {name}")
+        result = connect_target(env).run_oneoff(
+            image,
+            ["sh", "-c", _REHEARSE_SCRIPT.format(marker=_STEP_MARKER), "rehearse", *steps],
+            env={"DATABASE_URL": url, "PGOPTIONS": migration_pg_options(env)},
+            timeout=env.migration_timeout_seconds,
+        )
+    seconds = time.monotonic() - started
+    if result.exit_code != 0:
+        markers = [line for line in result.output.splitlines() if line.startswith(_STEP_MARKER)]
+        step = markers[-1].removeprefix("== rehearsal: ") if markers else "the rehearsal"
+        raise StepFailed(
+            f"rehearsal on a scratch copy of the schema failed at `{step}` "
+            f"({migration_error(env, result.output)}): the release was not started"
+        )
+    logger.info(f"rehearsal passed in {seconds:.1f} s ({len(steps)} alembic runs)")
+    return seconds
+
+
+@contextmanager
+def scratch_database(url: str) -> Iterator[tuple[str, str]]:
+    """A temporary empty database on the server of `url`, dropped on exit: (name, URL)."""
+    real = make_url(url)
+    name = f"{(real.database or 'db')[:40]}_rehearsal_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(sqlalchemy_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'create database "{name}"'))
+    except ProgrammingError as exc:
+        admin.dispose()
+        raise ConfigurationError(
+            f"cannot create the rehearsal database ({str(exc.orig).strip()}): grant the "
+            "database user CREATEDB, or set the environment's migration_rehearsal to False"
+        ) from None
+    except OperationalError as exc:
+        admin.dispose()
+        raise classify_connection_error(exc, url) from None
+    try:
+        yield name, real.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
