@@ -260,7 +260,10 @@ def push_credentials(env: ReleaseEnvironment) -> DockerRegistryCredentials | Non
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 
 
-def confirm_push(env: ReleaseEnvironment, pinned: str) -> None:
-    """Where the registry has its own API (ECR), check it lists the pushed digest."""
+def confirm_push(env: ReleaseEnvironment, pinned: str) -> bool:
+    """Where the registry has its own API (ECR), check it lists the pushed digest.
+    False where there is none to ask (the push's own digest stands)."""
     if env.target == "ecs":
         confirm_pushed_image(_settings(env, "ecs"), pinned)
+        return True
+    return False

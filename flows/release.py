@@ -12,10 +12,12 @@ Any failure after the first mutation runs the compensating `rollback` subflow, a
 release ends Failed with a message saying which step failed, why, and what was restored.
 """
 
+from dataclasses import dataclass
+
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from blocks.environment import confirm_push, connect_target, load_environment, push_credentials
+from blocks.environment import connect_target, load_environment, push_credentials
 from flows.approval import approve
 from flows.record import API, SCHEMA, WORKERS, claim
 from flows.rollback import RollbackFailed, rollback
@@ -26,7 +28,7 @@ from tasks.build import build
 from tasks.check_migrations import check_migrations
 from tasks.deploy import deploy_api, promote_api
 from tasks.migrate import migrate
-from tasks.push import push, resolve
+from tasks.push import confirm_pushed, push, resolve
 from tasks.scale import scale_workers
 from tasks.snapshot import describe_service, take_snapshot
 from tasks.verify import verify_api, verify_workers
@@ -38,11 +40,26 @@ class ReleaseFailed(ReleaseError):
     """The release failed; the message says where, why, and what the rollback restored."""
 
 
+@dataclass(frozen=True)
+class Request:
+    """What the caller asked for (the flow's parameters, checked)."""
+
+    source: str
+    git_ref: str | None
+    subdir: str | None
+    image: str | None
+    version: str | None
+    workers: int
+    dry_run: bool
+    allow_breaking: list[str] | None
+
+
 @flow(name="release", flow_run_name="release {environment}")
 def release(
     environment: str,
     source: str = DEFAULT_SOURCE,
     git_ref: str | None = None,
+    subdir: str | None = None,
     image: str | None = None,
     version: str | None = None,
     worker_count: int | None = None,
@@ -55,6 +72,7 @@ def release(
         environment: Name of the ReleaseEnvironment block to release to.
         source: Build context: a directory, or a git URL (with `git_ref`).
         git_ref: Branch, tag or commit to build when `source` is a git URL.
+        subdir: Directory holding the Dockerfile inside `source` (e.g. a monorepo's 'backend').
         image: Release this existing image (tag or digest) instead of building.
         version: Version to tag and expect on /health (default: from the source's files).
         worker_count: Override the environment's worker count for this release.
@@ -69,12 +87,11 @@ def release(
     workers = env.worker_count if worker_count is None else worker_count
     if workers < 0:
         raise ConfigurationError(f"worker_count must be 0 or more, got {workers}")
+    request = Request(source, git_ref, subdir, image, version, workers, dry_run, allow_breaking)
     record = claim(environment, str(flow_run.id) if flow_run.id else None)
     timeline = Timeline()
     try:
-        summary = _release(
-            env, record, timeline, source, git_ref, image, version, workers, dry_run, allow_breaking
-        )
+        summary = _release(env, record, timeline, request)
     except Exception as exc:
         if not record.compensations:
             record.clear()
@@ -106,27 +123,27 @@ def release(
     return summary.to_dict()
 
 
-def _release(
-    env, record, timeline, source, git_ref, image, version, workers, dry_run, allow_breaking
-):
+def _release(env, record, timeline, request: Request) -> ReleaseSummary:
+    workers = request.workers
     credentials = push_credentials(env)
     snapshot_run = timeline.submit("snapshot", take_snapshot, env)
-    if image is None:
+    if request.image is None:
         built = timeline.run(
             "build",
             build,
-            source,
+            request.source,
             env.image_repository,
-            version,
-            git_ref,
+            request.version,
+            request.git_ref,
+            request.subdir,
             docker_host=env.docker_host,
         )
         pinned = timeline.run("push", push, built.reference, credentials, env.docker_host)
-        confirm_push(env, pinned)
+        timeline.run("confirm-push", confirm_pushed, env, pinned)
         version = built.version
     else:
         pinned, version = timeline.run(
-            "resolve-image", resolve, image, credentials, env.docker_host
+            "resolve-image", resolve, request.image, credentials, env.docker_host
         )
     snapshot = snapshot_run.result()
     record.image, record.version, record.snapshot = pinned, version, snapshot
@@ -154,10 +171,15 @@ def _release(
         message = f"{version} ({pinned}) already runs in {env.environment}: nothing to do"
         return summary("no-op", message, snapshot.schema_revision)
     check = timeline.run(
-        "check-migrations", check_migrations, env, pinned, snapshot.schema_revision, allow_breaking
+        "check-migrations",
+        check_migrations,
+        env,
+        pinned,
+        snapshot.schema_revision,
+        request.allow_breaking,
     )
     record.irreversible = check.irreversible
-    if dry_run:
+    if request.dry_run:
         message = (
             f"dry run: would release {version} to {env.environment} (API now "
             f"{describe_service(before.api)}, {workers} worker(s), schema at "

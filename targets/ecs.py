@@ -120,6 +120,10 @@ def classify_aws_error(exc: Exception, what: str) -> ReleaseError:
     return StepFailed(f"{what}: {exc}")
 
 
+# How many of a family's latest revisions are searched for one to reuse.
+REUSE_WINDOW = 5
+
+
 class EcsTarget:
     kind = "ecs"
 
@@ -221,7 +225,16 @@ class EcsTarget:
         STOPPED and returns the container's exit code and its CloudWatch log (awslogs driver),
         or the stopped reason where the task definition ships no logs."""
         service = self._service(self.api_service)
-        revision = self._revision_with(service["taskDefinition"], image, version=None)
+        # A variable passed here that the task definition holds as a secret is removed from
+        # the one-off revision: which of an override and a secret wins must not be left to
+        # ECS when a rehearsal points DATABASE_URL at a scratch database.
+        current = self._container(
+            self._task_definition(service["taskDefinition"]), self.api_service
+        )
+        secrets = {s["name"] for s in current.get("secrets", [])} & set(env)
+        revision = self._revision_with(
+            service["taskDefinition"], image, version=None, unset=frozenset(secrets)
+        )
         definition = self._task_definition(revision)
         container = self._container(definition, self.api_service)
         defined = {e["name"] for e in container.get("environment", [])}
@@ -275,12 +288,15 @@ class EcsTarget:
         self._restore(self.worker_service, state)
 
     # -- task definitions ------------------------------------------------------------------
-    def _revision_with(self, current_arn: str, image: str, version: str | None) -> str:
-        """ARN of a revision equal to `current_arn` but for image and version label: the
-        current one when it already matches, the family's latest when that is the same clone
-        (a retried step registers nothing new), else a newly registered revision."""
+    def _revision_with(
+        self, current_arn: str, image: str, version: str | None, unset: frozenset[str] = frozenset()
+    ) -> str:
+        """ARN of a revision equal to `current_arn` but for image and version label (and the
+        `unset` secrets): the current one when it already matches, one of the family's
+        latest revisions when that is the same clone (a retried step or a second one-off
+        registers nothing new), else a newly registered revision."""
         current = self._task_definition(current_arn)
-        wanted = self._clone(current, image, version)
+        wanted = self._clone(current, image, version, unset)
         if _registrable(current) == wanted:
             return current_arn
         latest = self._call(
@@ -288,14 +304,11 @@ class EcsTarget:
             self.ecs.list_task_definitions,
             familyPrefix=current["family"],
             sort="DESC",
-            maxResults=1,
+            maxResults=REUSE_WINDOW,
         )["taskDefinitionArns"]
-        if (
-            latest
-            and latest[0] != current_arn
-            and _registrable(self._task_definition(latest[0])) == wanted
-        ):
-            return latest[0]
+        for arn in latest:
+            if arn != current_arn and _registrable(self._task_definition(arn)) == wanted:
+                return arn
         registered = self._call(
             f"register a revision of {current['family']} with {image}",
             self.ecs.register_task_definition,
@@ -303,15 +316,21 @@ class EcsTarget:
         )
         return registered["taskDefinition"]["taskDefinitionArn"]
 
-    def _clone(self, definition: dict, image: str, version: str | None) -> dict:
+    def _clone(
+        self, definition: dict, image: str, version: str | None, unset: frozenset[str]
+    ) -> dict:
         """The registrable fields of `definition` with only the image and version changed
-        (a one-off revision, version None, carries no version label)."""
+        (a one-off revision, version None, carries no version label) and the `unset`
+        variables removed from the container's environment and secrets."""
         clone = _registrable(definition)
         containers = []
         for container in clone["containerDefinitions"]:
             container = dict(container)
             if container["name"] == self.container_name:
                 container["image"] = image
+                for key in ("environment", "secrets"):
+                    if key in container:
+                        container[key] = [e for e in container[key] if e["name"] not in unset]
                 labels = {
                     k: v
                     for k, v in container.get("dockerLabels", {}).items()

@@ -4,6 +4,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker import DockerHost, DockerRegistryCredentials
 
+from blocks.environment import ReleaseEnvironment, confirm_push
 from targets.engine import login, push_image, registry_auth, resolve_image
 from targets.images import parse_image_reference
 from tasks.engine import engine_client
@@ -46,3 +47,10 @@ def resolve(
         pinned, version = resolve_image(client, reference, auth)
     get_run_logger().info(f"releasing existing image {pinned} (version {version})")
     return pinned, version
+
+
+@task(name="confirm-push", cache_policy=NO_CACHE, **transient_retries(3))
+def confirm_pushed(env: ReleaseEnvironment, pinned: str) -> None:
+    """Where the registry has its own API (ECR), check that it lists the pushed digest."""
+    if confirm_push(env, pinned):
+        get_run_logger().info(f"the registry lists {pinned}")

@@ -1,4 +1,5 @@
-"""ECS target against moto's server with a fake agent running real containers.
+"""ECS target against moto's server with a fake agent running real containers: the adapter
+on its own, then the release flow and its rollback on an ECS environment.
 
 Every service task and one-off task is a real container of the backend image on the local
 Docker engine; the adapter only sees a different endpoint.
@@ -13,13 +14,18 @@ import httpx
 import pytest
 
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
+from blocks.environment import ReleaseEnvironment
+from flows.record import load_record
+from flows.release import ReleaseFailed, release
+from targets.base import TargetState
 from targets.database import read_revision
-from targets.ecs import EcsTarget
+from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget
 from targets.engine import login, push_image, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
 from tests import services
-from tests.conftest import TEST_REPOSITORY
+from tests.conftest import TEST_REPOSITORY, backend_context
 from tests.fakes.ecs import REGION, FakeEcs
+from tests.releases import release_from, task_run_counts
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker]
 
@@ -47,6 +53,14 @@ def fake_ecs(engine, registry):
     yield fake
     fake.stop()
     assert not fake.agent.errors, fake.agent.errors
+
+
+@pytest.fixture(scope="module")
+def ecr_repository(fake_ecs) -> str:
+    """The ECR repository releases push to, created once as a user creates it before a push."""
+    name = TEST_REPOSITORY.split("/", 1)[1]
+    fake_ecs.client("ecr").create_repository(repositoryName=name)
+    return name
 
 
 @dataclass
@@ -209,24 +223,6 @@ def test_release_v1_then_v2_changes_only_the_image(stack, pg, build_backend):
 
 
 @pytest.mark.faults
-def test_broken_image_fails_the_rollout_and_restore_brings_v1_back(stack, build_backend):
-    v1, broken = build_backend("ecs-v1"), build_backend("ecs-broken", fail_health="1")
-    target = stack.target()
-    _migrate(target, v1)
-    target.deploy_api(v1, "ecs-v1")
-    snapshot = target.read_state()
-
-    with pytest.raises(StepFailed, match="failed container health checks"):
-        target.deploy_api(broken, "ecs-broken")
-    assert target.read_state().api.image == broken  # the service points at the bad revision
-
-    target.restore_api(snapshot.api)
-
-    assert target.read_state().api == snapshot.api
-    assert stack.health() == {"status": "ok", "version": "ecs-v1", "database": True}
-
-
-@pytest.mark.faults
 @pytest.mark.migrations
 def test_failed_oneoff_task_surfaces_exit_code_and_output(stack, pg, build_backend):
     bad = build_backend("ecs-badmig", fail_migration="0002")
@@ -241,6 +237,27 @@ def test_failed_oneoff_task_surfaces_exit_code_and_output(stack, pg, build_backe
     downgrade = target.run_oneoff(bad, ["alembic", "downgrade", "base"], {}, timeout=120)
     assert downgrade.exit_code == 0, downgrade.output
     assert read_revision(pg.url(stack.database)) is None
+
+
+@pytest.mark.migrations
+def test_oneoff_database_override_replaces_the_task_definition_secret(
+    stack, pg, database, build_backend
+):
+    """A rehearsal points DATABASE_URL at a scratch database: the one-off revision must not
+    also carry the real database's secret of the same name."""
+    scratch = pg.create_database()
+    try:
+        target = stack.target()
+        result = target.run_oneoff(
+            build_backend("ecs-v1"), UPGRADE, {"DATABASE_URL": pg.url(scratch)}, timeout=120
+        )
+        assert result.exit_code == 0, result.output
+        assert read_revision(pg.url(scratch)) == "0003"
+        assert read_revision(pg.url(stack.database)) is None  # the real one is untouched
+        oneoff = stack.task_definition(stack.revisions()[-1])["containerDefinitions"][0]
+        assert "DATABASE_URL" not in {s["name"] for s in oneoff.get("secrets", [])}
+    finally:
+        pg.drop_database(scratch)
 
 
 @pytest.mark.faults
@@ -303,7 +320,7 @@ def test_missing_service_or_cluster_is_a_configuration_error(stack, build_backen
 
 
 def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push(
-    fake_ecs, engine, registry, build_backend
+    fake_ecs, ecr_repository, engine, registry, build_backend
 ):
     build_backend("ecs-v1")
     settings = EcsSettings(
@@ -320,13 +337,146 @@ def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push
     login(engine, registry.address, auth)  # the registry accepts the decoded ECR token
     pinned, _ = push_image(engine, f"{TEST_REPOSITORY}:ecs-v1", auth, lambda _: None)
 
-    repository = TEST_REPOSITORY.split("/", 1)[1]
-    ecr = fake_ecs.client("ecr")
-    if not ecr.describe_repositories()["repositories"]:
-        ecr.create_repository(repositoryName=repository)
-    with pytest.raises(StepFailed, match="does not list"):
-        confirm_pushed_image(settings, pinned)
-    fake_ecs.register_image(pinned, "ecs-v1")
     confirm_pushed_image(settings, pinned)
+    never_pushed = pinned.split("@")[0] + "@sha256:" + "0" * 64
+    with pytest.raises(StepFailed, match="does not list"):
+        confirm_pushed_image(settings, never_pushed)
     with pytest.raises(ConfigurationError, match="does not exist"):
         confirm_pushed_image(settings, pinned.replace("tests/backend", "tests/nothing"))
+
+
+# -- the release flow against the ECS stack ---------------------------------------------------
+@pytest.fixture
+def ecs_environment(stack, make_env, ecr_repository) -> Callable[..., ReleaseEnvironment]:
+    """Save a ReleaseEnvironment on the stack (`aws_credentials` replaces the stack's, other
+    keywords are environment fields); no registry credentials block, so the push logs in with
+    an ECR authorization token."""
+
+    def save(aws_credentials=None, **overrides) -> ReleaseEnvironment:
+        settings = stack.settings
+        if aws_credentials is not None:
+            settings = settings.model_copy(update={"aws_credentials": aws_credentials})
+        env = make_env(
+            stack.database, target="ecs", ecs=settings, registry_credentials=None, **overrides
+        )
+        env.save(env.environment, overwrite=True)
+        return env
+
+    return save
+
+
+def running(stack: Stack, image: str, version: str, workers: int) -> TargetState:
+    """Bring the stack to `image` as an earlier release would have left it (schema at the
+    image's head), through the adapter: quicker than a release, and not what is tested."""
+    target = stack.target()
+    _migrate(target, image)
+    target.deploy_api(image, version)
+    target.scale_workers(image, version, workers)
+    return target.read_state()
+
+
+@pytest.mark.faults
+def test_flow_releases_v1_then_v2_as_new_revisions_through_throttling(
+    ecs_environment, stack, pg, tmp_path
+):
+    # No botocore retries: throttling reaches the release steps, which retry with backoff.
+    env = ecs_environment(aws_credentials=stack.fake.credentials(retries={"total_max_attempts": 1}))
+    first = release_from(env, tmp_path, "ecs-flow-v1", head="0002")
+    assert first["outcome"] == "released"
+    v1, revisions = stack.target().read_state(), stack.revisions()
+    stack.fake.throttle("UpdateService", times=2)  # the API's and the workers' rollouts
+
+    state = release(
+        env.environment,
+        source=str(backend_context(tmp_path / "v2", "0003")),
+        version="ecs-flow-v2",
+        return_state=True,
+    )
+
+    assert state.is_completed(), state.message
+    second = state.result()
+    assert (second["schema_before"], second["schema_after"]) == ("0002", "0003")
+    assert read_revision(pg.url(stack.database)) == "0003"
+    assert stack.health() == {"status": "ok", "version": "ecs-flow-v2", "database": True}
+    v2 = stack.target().read_state()
+    assert (v2.api.image, v2.api.version, v2.api.replicas) == (second["image"], "ecs-flow-v2", 1)
+    assert (v2.workers.image, v2.workers.version) == (second["image"], "ecs-flow-v2")
+    assert v2.workers.replicas == env.worker_count
+    old, new = (stack.task_definition(s.api.revision) for s in (v1, v2))
+    assert new["revision"] > old["revision"]
+    assert new["containerDefinitions"][0]["dockerLabels"] == {DEFAULT_VERSION_LABEL: "ecs-flow-v2"}
+    assert _without_image_and_version(new) == _without_image_and_version(old)
+    runs = task_run_counts(state.state_details.flow_run_id)
+    assert runs["deploy-api"] + runs["scale-workers"] == 4  # each throttled call was retried
+    # One revision for the one-off tasks (SQL rendering, migration), one for the rehearsal
+    # (its DATABASE_URL secret removed: the scratch database comes as an override) and one
+    # for the API; retries add none.
+    assert len(stack.revisions()) == len(revisions) + 3
+    assert load_record(env.environment) is None
+
+
+@pytest.mark.faults
+def test_flow_rolls_an_unhealthy_release_back_to_the_previous_revisions(
+    ecs_environment, stack, pg, build_backend, tmp_path
+):
+    env = ecs_environment()
+    before = running(stack, build_backend("ecs-v1", head="0002"), "ecs-v1", env.worker_count)
+    created = httpx.post(f"{stack.settings.api_url}/projects", json={"name": "v1 data"}, timeout=5)
+    assert created.status_code == 201, created.text
+
+    with pytest.raises(ReleaseFailed) as info:
+        release_from(env, tmp_path, "ecs-flow-v2", head="0003", fail_health="1")
+
+    message = str(info.value)
+    assert "failed at step 'deploy-api'" in message
+    assert "Task failed container health checks" in message
+    assert "Rolled back and verified" in message
+    assert stack.target().read_state() == before  # both services on their previous revisions
+    assert stack.health() == {"status": "ok", "version": "ecs-v1", "database": True}
+    assert read_revision(pg.url(stack.database)) == "0002"
+    assert pg.query(stack.database, "select name from projects") == [("v1 data",)]
+    assert load_record(env.environment) is None
+
+
+@pytest.mark.faults
+@pytest.mark.migrations
+def test_flow_restores_the_schema_when_the_migration_task_fails(
+    ecs_environment, stack, pg, build_backend, tmp_path
+):
+    env = ecs_environment(migration_rehearsal=False)  # the rehearsal would refuse it first
+    before = running(stack, build_backend("ecs-v1", head="0001"), "ecs-v1", env.worker_count)
+
+    with pytest.raises(ReleaseFailed) as info:
+        release_from(env, tmp_path, "ecs-flow-v2", head="0003", fail_migration="0003")
+
+    message = str(info.value)
+    assert "failed at step 'migrate'" in message
+    assert "injected failure in migration 0003" in message  # read back from CloudWatch Logs
+    assert "schema back to 0001" in message
+    assert read_revision(pg.url(stack.database)) == "0001"
+    assert stack.target().read_state() == before
+    assert stack.health()["version"] == "ecs-v1"
+
+
+@pytest.mark.faults
+def test_access_denied_fails_the_release_before_any_change(ecs_environment, stack, pg, tmp_path):
+    env = ecs_environment()
+    before, revisions = stack.target().read_state(), stack.revisions()
+
+    stack.fake.deny()  # e.g. revoked keys: the first call, the ECR token for the push, fails
+    with pytest.raises(AuthenticationError, match="GetAuthorizationToken") as revoked:
+        release_from(env, tmp_path, "ecs-flow-denied")
+    stack.fake.clear_faults()
+    stack.fake.deny("DescribeServices")  # a policy without ECS read access: the preflight fails
+    with pytest.raises(AuthenticationError, match="DescribeServices") as no_ecs:
+        release_from(env, tmp_path, "ecs-flow-denied")
+    stack.fake.clear_faults()
+
+    for denied in (revoked, no_ecs):
+        assert "grant the IAM permission" in str(denied.value)
+        assert "fake-secret-key-for-moto" not in str(denied.value)
+    assert stack.revisions() == revisions
+    assert stack.target().read_state() == before
+    assert stack.health()["version"] == "ecs-v1"
+    assert read_revision(pg.url(stack.database)) is None
+    assert load_record(env.environment) is None

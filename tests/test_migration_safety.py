@@ -18,6 +18,7 @@ from targets.migration_lint import lint, split_revisions
 from tasks.check_migrations import MigrationRefused, check_migrations
 from tasks.migrate import render_offline_sql
 from tests.conftest import BACKEND, TEST_REPOSITORY, backend_context
+from tests.releases import served_version
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
 
@@ -182,12 +183,6 @@ def rehearsal_databases(pg, database) -> list[str]:
     pattern = database + "_rehearsal_%"
     rows = pg.query(database, "select datname from pg_database where datname like %s", pattern)
     return [r[0] for r in rows]
-
-
-def served_version(env) -> str:
-    response = httpx.get(f"http://127.0.0.1:{env.api_port}/health", timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()["version"]
 
 
 def containers(engine, env) -> list[str]:

@@ -3,8 +3,6 @@
 import httpx
 import pytest
 from prefect import task
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_docker import DockerRegistryCredentials
 
 from flows.record import load_record
@@ -14,6 +12,7 @@ from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed
 from tests.conftest import backend_context
 from tests.faults import FlakyProxy
+from tests.releases import release_from, served_version, task_run_counts
 
 pytestmark = pytest.mark.docker
 
@@ -25,12 +24,6 @@ def environment(make_env, database):
     return env
 
 
-def served_version(env) -> str:
-    response = httpx.get(f"http://127.0.0.1:{env.api_port}/health", timeout=5)
-    assert response.status_code == 200, response.text
-    return response.json()["version"]
-
-
 def running(engine, env, service: str) -> list:
     filters = {"label": [f"{L_ENV}={env.environment}", f"{L_SERVICE}={service}"]}
     return engine.containers.list(filters=filters)
@@ -39,11 +32,6 @@ def running(engine, env, service: str) -> list:
 def schema(pg, database) -> str | None:
     rows = pg.query(database, "select version_num from alembic_version")
     return rows[0][0] if rows else None
-
-
-def release_from(env, tmp_path, version: str, head: str = "0003", **faults) -> dict:
-    source = backend_context(tmp_path / version, head, **faults)
-    return release(env.environment, source=str(source), version=version)
 
 
 def test_release_v1_then_v2(environment, engine, pg, database, tmp_path):
@@ -216,14 +204,6 @@ def test_bad_input_fails_before_any_mutation(environment, engine, pg, database, 
     assert schema(pg, database) == "0002"
     assert served_version(environment) == "v1"
     assert load_record(environment.environment) is None
-
-
-def task_run_counts(flow_run_id) -> dict[str, int]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
 
 
 def _as_task(fn):

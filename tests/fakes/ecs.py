@@ -13,19 +13,27 @@ Output of containers with the awslogs driver is shipped to moto's CloudWatch Log
 Scheduling as ECS does with minimumHealthyPercent 0 / maximumPercent 100 (what host networking
 on one instance forces anyway): the old deployment's tasks stop before the new ones start.
 
+moto's ListTaskDefinitions ignores `sort` and `maxResults`; a WSGI layer in front of moto
+applies them (and `nextToken` pages) as ECS does, so "the family's latest revision" is true.
+
 Faults are injected on the wire (a WSGI layer in front of moto): `throttle(action, times)`
 answers ThrottlingException, `deny(action)` answers AccessDeniedException.
 
 The registry gap: moto's ECR token (`AWS:123456789012-auth-token`) is accepted by the local
-registry; `register_image` tells moto's ECR about an image pushed there, with the manifest and
-digest the registry serves, so `describe_images` can confirm a push.
+registry, which stands for ECR's storage. ECR's image API reads that registry: before moto answers
+DescribeImages / BatchGetImage / ListImages for a repository that exists in ECR (created as a user
+creates it), the images asked for (every tag when none is named) are copied from the registry with
+the manifests and digests it serves, so ECR lists exactly what a push put there, and nothing else.
 """
 
 import contextlib
+import io
 import json
 import random
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -34,6 +42,7 @@ import botocore.exceptions
 import docker
 import docker.errors
 import httpx
+from moto.ecr.exceptions import ImageAlreadyExistsException
 from moto.ecr.models import ecr_backends
 from moto.ecs.models import Task, ecs_backends
 from moto.moto_api import state_manager
@@ -102,12 +111,76 @@ def _action(request: Request) -> str:
     return target.rsplit(".", 1)[-1] if target else request.args.get("Action", "")
 
 
-class _MotoServer(ThreadedMotoServer):
-    """moto's threaded server with the fault layer in front of it."""
+class RegistryBackedEcr:
+    """WSGI layer in front of moto: an ECR image read first brings the images it asks about
+    up to date with the registry (`mirror(repository, image_ids)`), as ECR knows what was
+    pushed to it."""
 
-    def __init__(self):
+    READS = {"DescribeImages", "BatchGetImage", "ListImages"}
+
+    def __init__(self, app, mirror: Callable[[str, list[dict]], None]):
+        self.app = app
+        self.mirror = mirror
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        target = request.headers.get("X-Amz-Target", "")
+        if target.startswith("AmazonEC2ContainerRegistry") and _action(request) in self.READS:
+            query = _json_body(environ)
+            if query.get("repositoryName"):
+                self.mirror(query["repositoryName"], query.get("imageIds") or [])
+        return self.app(environ, start_response)
+
+
+class TaskDefinitionListing:
+    """WSGI layer in front of moto: ListTaskDefinitions as ECS answers it. moto ignores `sort`
+    and `maxResults`; ECS lists by family, then revision (ASC by default, DESC on request),
+    in pages of `maxResults` (default 100) continued with `nextToken`."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        target = request.headers.get("X-Amz-Target", "")
+        if not (
+            target.startswith("AmazonEC2ContainerService")
+            and _action(request) == "ListTaskDefinitions"
+        ):
+            return self.app(environ, start_response)
+        query = _json_body(environ)
+        answer = Response.from_app(self.app, environ)
+        if answer.status_code != 200:
+            return answer(environ, start_response)
+        arns = json.loads(answer.get_data())["taskDefinitionArns"]
+        arns.sort(key=_family_and_revision, reverse=query.get("sort") == "DESC")
+        start, size = int(query.get("nextToken") or 0), query.get("maxResults") or 100
+        page = {"taskDefinitionArns": arns[start : start + size]}
+        if start + size < len(arns):
+            page["nextToken"] = str(start + size)
+        response = Response(json.dumps(page), content_type="application/x-amz-json-1.1")
+        return response(environ, start_response)
+
+
+def _family_and_revision(arn: str) -> tuple[str, int]:
+    family, revision = arn.rsplit("/", 1)[-1].rsplit(":", 1)
+    return family, int(revision)
+
+
+def _json_body(environ) -> dict:
+    """The request's JSON body, left readable for the next layer."""
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(body)
+    return json.loads(body or b"{}")
+
+
+class _MotoServer(ThreadedMotoServer):
+    """moto's threaded server behind the fault layer and the layers closing moto's gaps."""
+
+    def __init__(self, mirror: Callable[[str, list[dict]], None]):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
-        self.faults = FaultInjection(DomainDispatcherApplication(create_backend_app))
+        moto = DomainDispatcherApplication(create_backend_app)
+        self.faults = FaultInjection(RegistryBackedEcr(TaskDefinitionListing(moto), mirror))
 
     def _server_entry(self) -> None:
         self._server = make_server(
@@ -140,7 +213,9 @@ class FakeEcs:
     engine: docker.DockerClient
     registry_address: str
     registry_auth: dict[str, str] = field(repr=False)
-    server: _MotoServer = field(default_factory=_MotoServer)
+
+    def __post_init__(self) -> None:
+        self.server = _MotoServer(self._mirror_registry)
 
     def start(self) -> "FakeEcs":
         # Tasks change state only when the agent says so (moto would advance them on reads).
@@ -199,23 +274,43 @@ class FakeEcs:
             return self.server.faults.calls.count(action)
 
     # -- ECR -------------------------------------------------------------------------------------
-    def register_image(self, pinned: str, tag: str) -> None:
-        """Tell moto's ECR about an image pushed to the local registry (manifest and digest
-        as the registry serves them), as ECR itself would know it after a push."""
-        name, digest = pinned.split("@")
-        repository = name.split("/", 1)[1]
-        response = httpx.get(
-            f"http://{self.registry_address}/v2/{repository}/manifests/{digest}",
+    def _mirror_registry(self, repository: str, image_ids: list[dict]) -> None:
+        """Copy images of `repository` from the registry into moto's ECR (manifest and digest
+        as the registry serves them): the ones asked for, or every tag when none is named.
+        A repository ECR does not have stays unknown to it. (Each registry request costs a
+        bcrypt check, ~0.5 s here: fetch only what the read needs.)"""
+        backend = ecr_backends[ACCOUNT][REGION]
+        if repository not in backend.repositories:
+            return
+        if not image_ids:
+            listing = self._registry_get(f"{repository}/tags/list")
+            if listing.status_code == 404:  # nothing pushed to this repository yet
+                return
+            image_ids = [{"imageTag": t} for t in listing.raise_for_status().json()["tags"] or []]
+        known = {image.get_image_digest() for image in backend.repositories[repository].images}
+        for image_id in image_ids:
+            tag, digest = image_id.get("imageTag"), image_id.get("imageDigest")
+            if tag is None and digest in known:
+                continue
+            manifest = self._registry_get(f"{repository}/manifests/{tag or digest}")
+            if manifest.status_code == 404:  # not pushed: ECR answers ImageNotFound
+                continue
+            manifest.raise_for_status()
+            with contextlib.suppress(ImageAlreadyExistsException):  # ECR has it already
+                backend.put_image(
+                    repository,
+                    manifest.text,
+                    tag,
+                    manifest.headers["Content-Type"],
+                    digest=manifest.headers["Docker-Content-Digest"],
+                )
+
+    def _registry_get(self, path: str) -> httpx.Response:
+        return httpx.get(
+            f"http://{self.registry_address}/v2/{path}",
             auth=(self.registry_auth["username"], self.registry_auth["password"]),
             headers={"Accept": MANIFEST_TYPES},
-        )
-        response.raise_for_status()
-        ecr_backends[ACCOUNT][REGION].put_image(
-            repository,
-            response.text,
-            tag,
-            response.headers["Content-Type"],
-            digest=response.headers["Docker-Content-Digest"],
+            timeout=10,
         )
 
 
@@ -229,6 +324,8 @@ class FakeEcsAgent(threading.Thread):
         self.interval = interval
         self.runs: dict[str, Run] = {}
         self.errors: list[str] = []
+        # Labels this agent's containers, so its cleanup leaves other test runs' alone.
+        self.owner = uuid.uuid4().hex
         self._stop_event = threading.Event()
         self.logs = fake.client("logs")
         self.secrets = fake.client("secretsmanager")
@@ -251,7 +348,8 @@ class FakeEcsAgent(threading.Thread):
         for run in list(self.runs.values()):
             if run.container is not None:
                 _remove(run.container)
-        for container in self.engine.containers.list(all=True, filters={"label": LABEL}):
+        mine = {"label": f"{LABEL}={self.owner}"}
+        for container in self.engine.containers.list(all=True, filters=mine):
             _remove(container)
 
     # -- reconciliation ----------------------------------------------------------------------
@@ -391,7 +489,7 @@ class FakeEcsAgent(threading.Thread):
                 entrypoint=definition.get("entryPoint"),
                 environment=env,
                 network_mode="host",
-                labels={LABEL: "1", f"{LABEL}.task": run.task.task_arn},
+                labels={LABEL: self.owner, f"{LABEL}.task": run.task.task_arn},
                 healthcheck=_docker_healthcheck(health) if health else None,
                 detach=True,
             )
@@ -413,13 +511,13 @@ class FakeEcsAgent(threading.Thread):
         health = (state.get("Health") or {}).get("Status")
         if state["Status"] in ("exited", "dead"):
             self._stop_task(run, "Essential container in task exited", exit_code=state["ExitCode"])
-        elif health == "unhealthy":
+        elif health == "unhealthy" and deployment is not None:
             self._stop_task(run, "Task failed container health checks", exit_code=137)
-        elif health == "healthy" or not run.health_checked:
-            run.task.health_status = "HEALTHY" if run.health_checked else "UNKNOWN"
-            run.task.containers[0].health_status = run.task.health_status
-            return
         else:
+            # Only services stop unhealthy tasks: a task run manually "continues its lifecycle
+            # regardless of its health status" (ECS docs), as a migration with no server must.
+            status = {"healthy": "HEALTHY", "unhealthy": "UNHEALTHY"}.get(health, "UNKNOWN")
+            run.task.health_status = run.task.containers[0].health_status = status
             return
         if deployment is not None and deployment["rolloutState"] == "IN_PROGRESS":
             deployment["failedTasks"] += 1

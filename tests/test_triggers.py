@@ -1,0 +1,693 @@
+"""The three ways a release starts, against a real `prefect server start` (temporary SQLite
+home, loopback port), a real `process` worker, the event bridge, and a second real
+docker-registry whose push notifications go to the bridge.
+
+Blocks, deployments and runs live on that server only: the session's test harness API is
+left alone (the test process talks to this server through an explicit client).
+"""
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect_docker import DockerRegistryCredentials
+
+from blocks.environment import ReleaseEnvironment, connect_target
+from deployments.event_bridge import RecentPushes
+from deployments.push_events import (
+    MalformedNotification,
+    Push,
+    from_artifact_registry,
+    from_distribution,
+    from_ecr,
+)
+from targets.docker_host import L_ENV
+from targets.engine import login, push_image, registry_auth
+from tests import services
+
+pytestmark = pytest.mark.triggers
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+REGISTRY_STATE = services.STATE_DIR / "registry"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DIGEST = "sha256:" + "ab" * 32
+RUN_TIMEOUT = 120
+
+
+# --- the stack: server, worker, registry, bridge ----------------------------------------
+
+
+@dataclass
+class Stack:
+    api_url: str
+    env: dict[str, str]
+    root: Path
+    token: str
+    prefix: str  # makes the environments' container names unique to this module run
+    bridge_url: str
+
+    def client(self) -> SyncPrefectClient:
+        return SyncPrefectClient(self.api_url)
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """Point in-process Prefect calls (block saves) at this server."""
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            yield
+
+
+class Processes:
+    """Background processes this module started, each with its own log file."""
+
+    def __init__(self, root: Path):
+        self.root, self.started = root, []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.started.append((name, proc, log))
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
+        proc = next(p for n, p, _ in self.started if n == name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code in ok:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail(f"{name} did not answer on {url}:\n{self.log(name)[-3000:]}")
+
+    def stop_all(self) -> None:
+        for _, proc, log in reversed(self.started):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def run(args: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory) -> Iterator[Processes]:
+    procs = Processes(tmp_path_factory.mktemp("trigger-logs"))
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def stack(processes, tmp_path_factory) -> Stack:
+    """`prefect server start` on a free loopback port, set up and deployed from prefect.yaml."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = services.free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
+    processes.start(
+        "server",
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+    )
+    processes.wait_http("server", f"{api_url}/health")
+    run([sys.executable, "-m", "deployments.setup"], env)
+    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    return Stack(
+        api_url,
+        env,
+        root,
+        token=uuid.uuid4().hex,
+        prefix=f"trg{uuid.uuid4().hex[:6]}",
+        bridge_url=f"http://127.0.0.1:{services.free_port()}",
+    )
+
+
+@pytest.fixture(scope="module")
+def registry2(processes, stack, registry) -> str:
+    """A second real docker-registry (same users) that notifies the event bridge."""
+    port = services.free_port()
+    directory = stack.root / "registry"
+    directory.mkdir()
+    shutil.copy(REGISTRY_STATE / "htpasswd", directory / "htpasswd")
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+        "auth": {"htpasswd": {"realm": "triggers", "path": str(directory / "htpasswd")}},
+        "notifications": {
+            "endpoints": [
+                {
+                    "name": "event-bridge",
+                    "url": f"{stack.bridge_url}/registry",
+                    "headers": {"Authorization": [f"Bearer {stack.token}"]},
+                    "timeout": "5s",
+                    "threshold": 3,
+                    "backoff": "1s",
+                }
+            ]
+        },
+    }
+    (directory / "config.yml").write_text(json.dumps(config))  # JSON is YAML
+    (directory / "config.yml").chmod(0o600)
+    processes.start("registry", ["docker-registry", "serve", str(directory / "config.yml")], {})
+    processes.wait_http("registry", f"http://127.0.0.1:{port}/v2/", ok=(401,))
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def bridge(processes, stack, registry2) -> str:
+    with stack.settings():
+        Secret(value=stack.token).save("event-bridge-token", overwrite=True)
+    processes.start(
+        "bridge",
+        [
+            sys.executable,
+            "-m",
+            "deployments.event_bridge",
+            "--port",
+            stack.bridge_url.rsplit(":", 1)[1],
+            "--route",
+            f"{registry2}/tests/backend:main-*=staging",
+        ],
+        stack.env,
+    )
+    processes.wait_http("bridge", f"{stack.bridge_url}/health")
+    return stack.bridge_url
+
+
+@pytest.fixture(scope="module")
+def worker(processes, stack) -> None:
+    processes.start(
+        "worker", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "release"], stack.env
+    )
+
+
+@pytest.fixture(scope="module")
+def databases(pg) -> Iterator[dict[str, str]]:
+    names = {"staging": pg.create_database(), "production": pg.create_database()}
+    yield names
+    for name in names.values():
+        pg.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def save_environment(stack, registry, registry2, pg, databases, engine):
+    """Save the `staging` / `production` block on the stack's server (docker target, images
+    from the second registry); containers are removed at the end of the module."""
+    labels: set[str] = set()
+
+    def save(name: str, suffix: str = "", **overrides) -> ReleaseEnvironment:
+        env = ReleaseEnvironment(
+            environment=f"{stack.prefix}-{name}{suffix}",
+            image_repository=f"{registry2}/tests/backend",
+            registry_credentials=DockerRegistryCredentials(
+                username=registry.username, password=registry.password, registry_url=registry2
+            ),
+            database_url=Secret(value=pg.url(databases[name])),
+            api_port=services.free_port(),
+            worker_count=0,
+            health_budget_seconds=20,
+            health_consecutive=2,
+            health_interval_seconds=0.5,
+            **overrides,
+        )
+        labels.add(env.environment)
+        with stack.settings():
+            env.save(name, overwrite=True)
+        return env
+
+    yield save
+    for label in labels:
+        for container in engine.containers.list(all=True, filters={"label": f"{L_ENV}={label}"}):
+            container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def image(stack, registry, registry2, engine, build_backend) -> str:
+    """The backend in the second registry, under a tag no route maps (no release)."""
+    return push_to(engine, registry, registry2, build_backend("trg-v1"), "base")
+
+
+def push_to(engine, registry, address: str, pinned: str, tag: str) -> str:
+    auth = registry_auth(registry.username, registry.password)
+    login(engine, address, auth)
+    reference = f"{address}/tests/backend:{tag}"
+    engine.images.get(pinned).tag(reference)
+    pushed, _ = push_image(engine, reference, auth, lambda _: None)
+    return pushed
+
+
+# --- waiting on runs ---------------------------------------------------------------------
+
+
+def deployment_id(stack: Stack, name: str) -> uuid.UUID:
+    with stack.client() as client:
+        return client.read_deployment_by_name(name).id
+
+
+def runs_of(stack: Stack, name: str) -> list[FlowRun]:
+    with stack.client() as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment_id(stack, name)])
+            )
+        )
+
+
+def start(stack: Stack, name: str, **parameters) -> FlowRun:
+    with stack.client() as client:
+        return client.create_flow_run_from_deployment(
+            deployment_id(stack, name), parameters=parameters
+        )
+
+
+def wait_until(check, what: str, timeout: float = RUN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def finished(stack: Stack, run_id: uuid.UUID) -> FlowRun:
+    def check():
+        with stack.client() as client:
+            flow_run = client.read_flow_run(run_id)
+        return flow_run if flow_run.state and flow_run.state.is_final() else None
+
+    return wait_until(check, f"flow run {run_id} to finish")
+
+
+def subflows(stack: Stack, run_id: uuid.UUID) -> list[FlowRun]:
+    with stack.client() as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+            )
+        )
+
+
+def logs(stack: Stack, *run_ids: uuid.UUID) -> str:
+    with stack.client() as client:
+        entries = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))))
+    return "\n".join(entry.message for entry in entries)
+
+
+def completed(stack: Stack, flow_run: FlowRun) -> FlowRun:
+    done = finished(stack, flow_run.id)
+    children = [c.id for c in subflows(stack, flow_run.id)]
+    assert done.state.is_completed(), (
+        f"{done.name}: {done.state.name} {done.state.message}\n{logs(stack, done.id, *children)}"
+    )
+    return done
+
+
+def served_version(env: ReleaseEnvironment) -> str:
+    response = httpx.get(f"http://127.0.0.1:{env.api_port}/health", timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()["version"]
+
+
+def distribution_envelope(host: str, tag: str, digest: str, action: str = "push") -> dict:
+    return {
+        "events": [
+            {
+                "id": str(uuid.uuid4()),
+                "action": action,
+                "target": {
+                    "mediaType": MANIFEST,
+                    "digest": digest,
+                    "repository": "tests/backend",
+                    "tag": tag,
+                    "url": f"http://{host}/v2/tests/backend/manifests/{digest}",
+                },
+                "request": {"host": host, "method": "PUT"},
+                "actor": {"name": "release"},
+            }
+        ]
+    }
+
+
+# --- deployments from prefect.yaml -------------------------------------------------------
+
+
+def test_deploy_all_registers_the_nightly_schedule_and_the_push_trigger(stack):
+    with stack.client() as client:
+        nightly = client.read_deployment_by_name("nightly-staging/nightly-staging")
+        pushed = client.read_deployment_by_name("release-pushed-image/release-pushed-image")
+        automations = client.read_automations()
+
+    [schedule] = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("30 2 * * *", "Europe/Berlin")
+    assert schedule.active
+    assert nightly.parameters["environment"] == "staging"
+    [trigger] = [a for a in automations if a.actions[0].deployment_id == pushed.id]
+    assert trigger.trigger.expect == {"registry.image.pushed"}
+    assert trigger.actions[0].parameters["digest"] == "{{ event.payload.digest }}"
+
+
+# --- the UI form -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"environment": "qa"},
+        {"environment": "staging", "worker_count": -1},
+        {"environment": "staging", "worker_count": 101},
+        {"environment": "staging", "image": "Not An Image"},
+        {"environment": "staging", "image": "tests/backend@sha256:123"},
+        {"environment": "staging", "dry_run": "maybe"},
+        {},
+    ],
+    ids=[
+        "unknown-env",
+        "negative-workers",
+        "too-many-workers",
+        "spaces",
+        "short-digest",
+        "not-bool",
+        "no-env",
+    ],
+)
+def test_the_server_refuses_a_form_that_fails_validation(stack, bad):
+    before = len(runs_of(stack, "release-from-ui/release"))
+
+    with pytest.raises(PrefectHTTPStatusError) as info:
+        start(stack, "release-from-ui/release", **bad)
+
+    assert info.value.response.status_code == 409
+    assert "Validation failed" in info.value.response.text
+    assert len(runs_of(stack, "release-from-ui/release")) == before
+
+
+def test_the_form_documents_every_parameter(stack):
+    with stack.client() as client:
+        schema = client.read_deployment_by_name("release-from-ui/release").parameter_openapi_schema
+    properties = schema["properties"]
+    assert properties["environment"]["enum"] == ["staging", "production"]
+    assert all(p.get("description") for p in properties.values()), properties
+    assert "worker count" in properties["worker_count"]["description"]
+
+
+# --- image-push events -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pushed(stack, bridge, worker, registry, registry2, engine, build_backend, save_environment):
+    """Push a new tag to the second registry and wait for the release it triggers."""
+    env = save_environment("staging")
+    tag = f"main-{uuid.uuid4().hex[:6]}"
+    pinned = push_to(engine, registry, registry2, build_backend("trg-v1"), tag)
+    digest = pinned.split("@", 1)[1]
+
+    def triggered():
+        runs = runs_of(stack, "release-pushed-image/release-pushed-image")
+        return [r for r in runs if r.parameters.get("tag") == tag]
+
+    [flow_run] = wait_until(triggered, f"a flow run for the push of {tag}", timeout=30)
+    return env, tag, digest, completed(stack, flow_run)
+
+
+def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed):
+    env, tag, digest, flow_run = pushed
+
+    assert flow_run.parameters["digest"] == digest
+    assert flow_run.parameters["environment"] == "staging"
+    assert served_version(env) == "trg-v1"
+    assert connect_target(env).read_state().api.image == f"{registry2}/tests/backend@{digest}"
+    assert "flow run started in" in logs(stack, flow_run.id)  # event -> run latency
+
+
+def test_a_redelivered_notification_starts_no_second_run(stack, registry2, pushed):
+    env, tag, digest, _ = pushed
+    envelope = distribution_envelope(registry2, tag, digest)
+
+    response = httpx.post(
+        f"{stack.bridge_url}/registry",
+        json=envelope,
+        headers={"Authorization": f"Bearer {stack.token}"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["duplicates"] == [
+        Push("registry", f"{registry2}/tests/backend", tag, digest).to_dict()
+    ]
+    time.sleep(3)  # a trigger starts a run within ~0.1 s; the worker polls every 1 s
+    runs = runs_of(stack, "release-pushed-image/release-pushed-image")
+    assert [r.parameters["digest"] for r in runs if r.parameters.get("tag") == tag] == [digest]
+
+
+@pytest.mark.parametrize("route", ["/registry", "/artifact-registry", "/ecr"])
+def test_unauthenticated_or_malformed_notifications_are_refused(stack, bridge, processes, route):
+    url = f"{bridge}{route}"
+    bearer = {"Authorization": f"Bearer {stack.token}"}
+
+    assert httpx.post(url, json={"events": []}).status_code == 401
+    assert httpx.post(url, json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(f"{url}?token=wrong", json={}).status_code == 401
+    assert httpx.post(url, content=b"{not json", headers=bearer).status_code == 400
+    assert httpx.post(url, json=["a", "list"], headers=bearer).status_code == 400
+    assert httpx.post(url, json={"unexpected": 1}, headers=bearer).status_code == 400
+    assert httpx.post(f"{url}?token={stack.token}", json={"x": 1}).status_code == 400  # authn ok
+    assert httpx.get(f"{bridge}/health").json() == {"status": "ok"}
+    assert stack.token not in processes.log("bridge")
+
+
+def test_blob_pull_and_untagged_events_are_ignored(stack, bridge, registry2):
+    envelope = distribution_envelope(registry2, "main-x", DIGEST)
+    blob = json.loads(json.dumps(envelope["events"][0]))
+    blob["target"].update(mediaType="application/octet-stream", tag=None)
+    pull = {**envelope["events"][0], "action": "pull"}
+    untagged = json.loads(json.dumps(envelope["events"][0]))
+    del untagged["target"]["tag"]
+
+    response = httpx.post(
+        f"{bridge}/registry",
+        json={"events": [blob, pull, untagged]},
+        headers={"Authorization": f"Bearer {stack.token}"},
+    )
+
+    assert response.status_code == 200
+    assert response.json()["released"] == []
+    assert len(response.json()["ignored"]) == 3
+
+
+# --- one release per environment at a time -----------------------------------------------
+
+
+@contextmanager
+def holding_release_slot(stack: Stack, environment: str) -> Iterator[None]:
+    """Take the environment's release slot as another release would."""
+    with stack.client() as client:
+        response = client.increment_concurrency_slots_with_lease(
+            names=[f"release-{environment}"], slots=1, mode="concurrency", lease_duration=120
+        )
+        lease_id = response.json()["lease_id"]
+        try:
+            yield
+        finally:
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
+def test_a_release_waits_for_the_one_in_flight_or_cancels_itself(
+    stack, worker, image, save_environment
+):
+    save_environment("staging")
+    with holding_release_slot(stack, "staging"):
+        waiting = start(
+            stack, "release-from-ui/release", environment="staging", image=image, dry_run=True
+        )
+        cancelling = start(
+            stack,
+            "release-from-ui/release",
+            environment="staging",
+            image=image,
+            dry_run=True,
+            on_busy="cancel",
+        )
+
+        cancelled = finished(stack, cancelling.id)
+        assert cancelled.state.is_cancelled(), cancelled.state
+        assert "in flight" in cancelled.state.message
+        wait_until(
+            lambda: "taking the release slot" in logs(stack, waiting.id),
+            "the waiting run to ask for the release slot",
+        )
+        time.sleep(3)
+        assert subflows(stack, waiting.id) == []  # the release itself has not started
+
+    done = completed(stack, waiting)
+    [release] = subflows(stack, done.id)
+    assert release.state.is_completed()
+
+
+def test_two_releases_of_one_environment_never_overlap(stack, worker, image, save_environment):
+    save_environment("staging")
+    first, second = (
+        start(stack, "release-from-ui/release", environment="staging", image=image, dry_run=True)
+        for _ in range(2)
+    )
+
+    releases = [subflows(stack, completed(stack, run).id)[0] for run in (first, second)]
+
+    earlier, later = sorted(releases, key=lambda r: r.start_time)
+    assert earlier.end_time <= later.start_time
+
+
+# --- approval for production -------------------------------------------------------------
+
+
+def paused_release(stack: Stack, run_id: uuid.UUID) -> FlowRun:
+    def check():
+        return next((r for r in subflows(stack, run_id) if r.state.is_paused()), None)
+
+    return wait_until(check, "the release to pause for approval")
+
+
+def test_production_waits_for_an_approval_and_logs_who_approved(
+    stack, worker, image, save_environment
+):
+    env = save_environment("production", require_approval=True, approval_timeout_seconds=120)
+    flow_run = start(stack, "release-from-ui/release", environment="production", image=image)
+    release = paused_release(stack, flow_run.id)
+    with pytest.raises(httpx.HTTPError):
+        served_version(env)  # nothing deployed while waiting
+
+    with stack.client() as client:
+        client.resume_flow_run(release.id, run_input={"approved_by": "alice", "comment": "go"})
+
+    completed(stack, flow_run)
+    assert served_version(env) == "trg-v1"
+    assert "approved by alice (go)" in logs(stack, release.id)
+
+
+def test_no_approval_in_time_ends_the_release_without_changes(
+    stack, worker, image, engine, save_environment
+):
+    env = save_environment(
+        "production", "-timeout", require_approval=True, approval_timeout_seconds=3
+    )
+    flow_run = start(stack, "release-from-ui/release", environment="production", image=image)
+
+    done = finished(stack, flow_run.id)
+
+    assert done.state.is_failed()
+    [release] = subflows(stack, done.id)
+    assert release.state.is_failed()
+    # The server may mark the expired pause failed first; the release's own log says why.
+    assert "within 3 s: the release ends without changing anything" in logs(stack, release.id)
+    assert engine.containers.list(all=True, filters={"label": f"{L_ENV}={env.environment}"}) == []
+
+
+# --- the notification shapes of the three registries (pure parsing) ---------------------
+
+
+def test_artifact_registry_pubsub_push_is_parsed():
+    name = "europe-docker.pkg.dev/proj/repo/backend"
+    data = {"action": "INSERT", "digest": f"{name}@{DIGEST}", "tag": f"{name}:v2"}
+    body = {
+        "message": {"data": base64.b64encode(json.dumps(data).encode()).decode(), "messageId": "1"},
+        "subscription": "projects/proj/subscriptions/release",
+    }
+
+    assert from_artifact_registry(body) == ([Push("artifact-registry", name, "v2", DIGEST)], [])
+    data["action"] = "DELETE"
+    body["message"]["data"] = base64.b64encode(json.dumps(data).encode()).decode()
+    assert from_artifact_registry(body) == ([], ["DELETE event"])
+    with pytest.raises(MalformedNotification):
+        from_artifact_registry({"message": {"data": "%%% not base64"}})
+
+
+def test_ecr_eventbridge_image_action_is_parsed():
+    body = {
+        "source": "aws.ecr",
+        "detail-type": "ECR Image Action",
+        "account": "123456789012",
+        "region": "eu-west-1",
+        "detail": {
+            "action-type": "PUSH",
+            "result": "SUCCESS",
+            "repository-name": "rhesis/backend",
+            "image-digest": DIGEST,
+            "image-tag": "v2",
+        },
+    }
+    repository = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/rhesis/backend"
+
+    assert from_ecr(body) == ([Push("ecr", repository, "v2", DIGEST)], [])
+    body["detail"]["result"] = "FAILURE"
+    assert from_ecr(body) == ([], ["PUSH FAILURE image action"])
+    body["detail"]["image-digest"] = "sha256:short"
+    body["detail"]["result"] = "SUCCESS"
+    with pytest.raises(MalformedNotification):
+        from_ecr(body)
+
+
+def test_distribution_push_of_a_tagged_manifest_is_parsed():
+    envelope = distribution_envelope("registry.internal:5000", "v2", DIGEST)
+
+    assert from_distribution(envelope) == (
+        [Push("registry", "registry.internal:5000/tests/backend", "v2", DIGEST)],
+        [],
+    )
+
+
+def test_dedupe_forgets_after_its_window_and_keeps_memory_bounded():
+    first, second, third = (Push("registry", "r/backend", tag, DIGEST) for tag in "abc")
+    recent = RecentPushes(window_seconds=0.3, capacity=2)
+
+    assert recent.claim(first) and not recent.claim(first)
+    time.sleep(0.4)
+    assert recent.claim(first)  # the window has passed: a new push of the same digest
+    assert recent.claim(second) and recent.claim(third)  # at capacity: `first` is dropped
+    assert recent.claim(first)
