@@ -21,16 +21,13 @@ from pathlib import Path
 
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-from prefect.blocks.system import Secret  # noqa: E402
 from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName  # noqa: E402
-from prefect_docker import DockerRegistryCredentials  # noqa: E402
 
-from blocks.environment import ReleaseEnvironment  # noqa: E402
 from flows.release import ReleaseFailed, release  # noqa: E402
-from targets.docker_host import L_ENV  # noqa: E402
 from tests import services  # noqa: E402
-from tests.backend import TEST_REPOSITORY, backend_context  # noqa: E402
+from tests.backend import backend_context  # noqa: E402
+from tests.releases import local_environment, remove_containers  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 OUT = Path(__file__).with_name("results.json")
@@ -58,17 +55,12 @@ def main() -> None:
     pg, registry = services.postgres(), services.registry()
     database = pg.create_database()
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
-    env = ReleaseEnvironment(
+    env = local_environment(
+        pg,
+        registry,
+        database,
         environment=f"bench-{uuid.uuid4().hex[:6]}",
-        image_repository=TEST_REPOSITORY,
-        registry_credentials=DockerRegistryCredentials(
-            username=registry.username, password=registry.password, registry_url=registry.address
-        ),
-        database_url=Secret(value=pg.url(database)),
-        api_port=services.free_port(),
         worker_count=2,
-        health_consecutive=2,
-        health_interval_seconds=0.5,
         health_budget_seconds=5,
     )
     env.save(env.environment, overwrite=True)
@@ -95,9 +87,7 @@ def main() -> None:
             assert isinstance(failure, ReleaseFailed), "the broken release should have failed"
             samples["rollback"].append(last_rollback_seconds(name))
     finally:
-        mine = {"label": f"{L_ENV}={name}"}
-        for container in services.docker_engine().containers.list(all=True, filters=mine):
-            container.remove(force=True)
+        remove_containers(services.docker_engine(), name)
         pg.drop_database(database)
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -5,19 +5,16 @@ os.environ.setdefault("RELEASE_RETRY_BACKOFF_SECONDS", "0.2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
-from prefect.blocks.system import Secret  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
-from prefect_docker import DockerRegistryCredentials  # noqa: E402
 
 from blocks.environment import ReleaseEnvironment  # noqa: E402
-from targets.docker_host import L_ENV  # noqa: E402
 from targets.engine import build_image, login, push_image, registry_auth  # noqa: E402
 from tests import services  # noqa: E402
 from tests.backend import BACKEND, TEST_REPOSITORY, backend_context  # noqa: E402, F401
+from tests.releases import local_environment, remove_containers  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,27 +79,10 @@ def make_env(pg, registry, engine) -> Callable[..., ReleaseEnvironment]:
     names: list[str] = []
 
     def make(database: str, **overrides) -> ReleaseEnvironment:
-        name = overrides.pop("environment", f"t-{uuid.uuid4().hex[:8]}")
-        names.append(name)
-        fields = dict(
-            environment=name,
-            image_repository=TEST_REPOSITORY,
-            registry_credentials=DockerRegistryCredentials(
-                username=registry.username,
-                password=registry.password,
-                registry_url=registry.address,
-            ),
-            database_url=Secret(value=pg.url(database)),
-            api_port=services.free_port(),
-            health_budget_seconds=10,
-            health_consecutive=2,
-            health_interval_seconds=0.5,
-            worker_count=1,
-        )
-        fields.update(overrides)
-        return ReleaseEnvironment(**fields)
+        env = local_environment(pg, registry, database, **overrides)
+        names.append(env.environment)
+        return env
 
     yield make
     for name in names:
-        for container in engine.containers.list(all=True, filters={"label": f"{L_ENV}={name}"}):
-            container.remove(force=True)
+        remove_containers(engine, name)

@@ -1,11 +1,18 @@
 """Helpers for tests that run the release flow and check what a user would."""
 
+import uuid
+
 import httpx
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect_docker import DockerRegistryCredentials
 
+from blocks.environment import ReleaseEnvironment
 from flows.release import release
-from tests.backend import backend_context
+from targets.docker_host import L_ENV
+from tests.backend import TEST_REPOSITORY, backend_context
+from tests.services import free_port
 
 
 def release_from(env, tmp_path, version: str, head: str = "0003", **faults) -> dict:
@@ -28,3 +35,26 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
     return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
+
+
+def local_environment(pg, registry, database: str, **overrides) -> ReleaseEnvironment:
+    """A Docker-host environment on the local services, tuned for quick verification."""
+    fields = dict(
+        environment=f"t-{uuid.uuid4().hex[:8]}",
+        image_repository=TEST_REPOSITORY,
+        registry_credentials=DockerRegistryCredentials(
+            username=registry.username, password=registry.password, registry_url=registry.address
+        ),
+        database_url=Secret(value=pg.url(database)),
+        api_port=free_port(),
+        health_budget_seconds=10,
+        health_consecutive=2,
+        health_interval_seconds=0.5,
+        worker_count=1,
+    )
+    return ReleaseEnvironment(**{**fields, **overrides})
+
+
+def remove_containers(engine, environment: str) -> None:
+    for container in engine.containers.list(all=True, filters={"label": f"{L_ENV}={environment}"}):
+        container.remove(force=True)

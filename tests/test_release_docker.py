@@ -161,7 +161,7 @@ def test_a_release_whose_process_died_is_undone_by_the_rollback_flow(
     def process_dies(*args, **kwargs):
         raise KeyboardInterrupt("the worker running the release was killed")
 
-    monkeypatch.setattr("flows.release.verify_api", _as_task(process_dies))
+    monkeypatch.setattr("flows.release.verify_api", task(name="verify-api")(process_dies))
     with pytest.raises(BaseException):  # noqa: B017 - whatever the interruption looks like
         release_from(environment, tmp_path, "v2", head="0003")
     assert running(engine, environment, "api")[0].labels[L_VERSION] == "v2"  # left half-done
@@ -204,10 +204,6 @@ def test_bad_input_fails_before_any_mutation(environment, engine, pg, database, 
     assert schema(pg, database) == "0002"
     assert served_version(environment) == "v1"
     assert load_record(environment.environment) is None
-
-
-def _as_task(fn):
-    return task(name="verify-api")(fn)
 
 
 @pytest.mark.faults
