@@ -53,6 +53,12 @@ def check_migrations(
     """Refuse breaking or irreversible pending revisions, then rehearse the round trip."""
     logger = get_run_logger()
     upgrade = render_offline_sql(env, image, "upgrade", f"{current}:head" if current else "head")
+    if upgrade.error and current and "Can't locate revision" in upgrade.error:
+        raise MigrationRefused(
+            f"the database is at revision {current}, which {image} does not know: the image is "
+            "older than the schema. Release a newer image, or first downgrade the schema with "
+            f"the image that brought {current} (Alembic: {upgrade.error})"
+        )
     if upgrade.error:
         raise StepFailed(f"cannot render the pending migrations of {image}: {upgrade.error}")
     revisions = split_revisions(upgrade.sql)

@@ -235,6 +235,22 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert read_revision(pg.url(database)) == "0003"  # the rehearsal ran elsewhere
 
 
+def test_an_image_older_than_the_schema_is_refused_with_nothing_changed(
+    environment, engine, pg, database, build_backend
+):
+    release(environment.environment, image=build_backend("m-v3"))
+    before = containers(engine, environment)
+
+    with pytest.raises(MigrationRefused) as info:
+        release(environment.environment, image=build_backend("m-v2", head="0002"))
+
+    assert "the database is at revision 0003, which" in str(info.value)
+    assert "the image is older than the schema" in str(info.value)
+    assert containers(engine, environment) == before
+    assert read_revision(pg.url(database)) == "0003"
+    assert served_version(environment) == "m-v3"
+
+
 def test_irreversible_revisions_are_named_before_the_release_starts(
     make_env, pg, database, at_0003, image
 ):
