@@ -454,18 +454,15 @@ class FakeCloudRun:
             self._ensure_image(container["image"])
             for index in range(count):
                 port = free_port()
-                env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
-                env.update(PORT=str(port), K_SERVICE=rev.service.rsplit("/", 1)[-1])
-                env.update(K_REVISION=rev.name)
-                handle = self.engine.containers.run(
-                    container["image"],
-                    command=container.get("args") or None,
-                    entrypoint=container.get("command") or None,
-                    environment=env,
-                    network_mode="host",
-                    detach=True,
+                handle = self._run_container(
+                    container,
+                    {
+                        "PORT": str(port),
+                        "K_SERVICE": rev.service.rsplit("/", 1)[-1],
+                        "K_REVISION": rev.name,
+                    },
+                    {f"{LABEL}.revision": rev.name},
                     name=f"fakerun-{rev.name}-{index}-{self.instance_id}",
-                    labels={LABEL: self.instance_id, f"{LABEL}.revision": rev.name},
                 )
                 rev.instances.append(Instance(handle, port))
             ready, message = self._probe(rev, container.get("startupProbe") or {})
@@ -618,23 +615,28 @@ class FakeCloudRun:
         threading.Thread(target=self._execute, args=(execution, operation), daemon=True).start()
         return operation
 
+    def _run_container(self, container: dict, extra_env: dict, labels: dict, name=None):
+        """Run a Cloud Run container spec as a real container on the local engine."""
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        return self.engine.containers.run(
+            container["image"],
+            command=container.get("args") or None,
+            entrypoint=container.get("command") or None,
+            environment={**env, **extra_env},
+            network_mode="host",
+            detach=True,
+            name=name,
+            labels={LABEL: self.instance_id, **labels},
+        )
+
     def _execute(self, execution: dict, operation: dict) -> None:
         task = execution["template"]
         container = task["containers"][0]
         timeout = float(str(task.get("timeout", "600s")).rstrip("s"))
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
         execution["startTime"] = now()
         try:
             self._ensure_image(container["image"])
-            handle = self.engine.containers.run(
-                container["image"],
-                command=container.get("args") or None,
-                entrypoint=container.get("command") or None,
-                environment=env,
-                network_mode="host",
-                detach=True,
-                labels={LABEL: self.instance_id, f"{LABEL}.execution": execution["name"]},
-            )
+            handle = self._run_container(container, {}, {f"{LABEL}.execution": execution["name"]})
             try:
                 code = handle.wait(timeout=timeout)["StatusCode"]
                 message = f"The container exited with an exit code of {code}."
