@@ -131,6 +131,14 @@ class ReleaseEnvironment(Block):
         description="How long a release waits for its approval; then it ends without "
         "changing anything.",
     )
+    # Notifications.
+    notification_block: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$",
+        description="Notification block told the outcome of every release and rollback, with "
+        "a link to the flow run, as '<block-type-slug>/<block-name>' (e.g. "
+        "'custom-webhook/release-alerts', 'slack-webhook/ops').",
+    )
 
     @field_validator("environment")
     @classmethod

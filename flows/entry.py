@@ -22,7 +22,8 @@ from prefect.states import Cancelled, State
 from pydantic import Field
 
 from deployments.environments import Environment, release_slot
-from flows.release import DEFAULT_SOURCE, release
+from flows.plan import DEFAULT_SOURCE
+from flows.release import release
 from targets.errors import ConfigurationError
 
 OnBusy = Literal["wait", "cancel"]

@@ -33,6 +33,10 @@ class ReleaseRecord:
     compensations: list[str] = field(default_factory=list)
     # Pending revisions released although their downgrade cannot run (allow_breaking).
     irreversible: list[str] = field(default_factory=list)
+    ledger_id: str | None = None  # the release's ledger entry, completed by the rollback
+    # How the schema compensation moves: a release undoes its upgrade ("downgrade"); a
+    # restore of an earlier release undoes its downgrade ("upgrade").
+    schema_undo: str = "downgrade"
 
     def save(self) -> None:
         Variable.set(_key(self.environment), self.to_dict(), overwrite=True)
@@ -56,6 +60,8 @@ class ReleaseRecord:
             "snapshot": self.snapshot.to_dict() if self.snapshot else None,
             "compensations": list(self.compensations),
             "irreversible": list(self.irreversible),
+            "ledger_id": self.ledger_id,
+            "schema_undo": self.schema_undo,
         }
 
     @classmethod
@@ -69,6 +75,8 @@ class ReleaseRecord:
             snapshot=snapshot,
             compensations=list(data.get("compensations", [])),
             irreversible=list(data.get("irreversible", [])),
+            ledger_id=data.get("ledger_id"),
+            schema_undo=data.get("schema_undo", "downgrade"),
         )
 
 

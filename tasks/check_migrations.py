@@ -74,7 +74,7 @@ def check_migrations(
         return MigrationCheck(pending)
     logger.info(f"pending revisions: {', '.join(pending)}")
     problems = [(f.revision, str(f)) for f in lint(revisions)]
-    one_way = _irreversible(env, image, current, pending)
+    one_way = _irreversible(env, image, "head", current, pending)
     problems += [(revision, reason) for revision, reason in one_way.items()]
     refused = [reason for revision, reason in problems if revision not in allowed]
     if refused:
@@ -95,13 +95,18 @@ def check_migrations(
 
 
 def _irreversible(
-    env: ReleaseEnvironment, image: str, current: str | None, pending: list[str]
+    env: ReleaseEnvironment,
+    image: str,
+    start: str,
+    end: str | None,
+    pending: list[str] | None = None,
 ) -> dict[str, str]:
-    """Pending revisions whose downgrade raises or renders nothing, with the reason."""
-    downgrade = render_offline_sql(env, image, "downgrade", f"head:{current or 'base'}")
+    """Revisions (`pending`, or all on the way) whose downgrade from `start` to `end`
+    raises or renders nothing, with the reason."""
+    downgrade = render_offline_sql(env, image, "downgrade", f"{start}:{end or 'base'}")
     rendered = split_revisions(downgrade.sql)
     reasons = {}
-    checked = pending
+    checked = [r.revision for r in rendered] if pending is None else pending
     if downgrade.error:
         if not rendered:
             raise StepFailed(f"cannot render the downgrades of {image}: {downgrade.error}")
@@ -117,6 +122,19 @@ def _irreversible(
             "rollback could not undo it"
         )
     return reasons
+
+
+@task(name="check-downgrade", cache_policy=NO_CACHE, **transient_retries(2))
+def check_downgrade(env: ReleaseEnvironment, image: str, current: str, target: str | None) -> None:
+    """Before a restore of an earlier release changes anything: `image` (what runs now,
+    it knows the newer revisions) can take the schema from `current` down to `target`, and
+    every revision on the way really downgrades."""
+    if one_way := _irreversible(env, image, current, target):
+        raise MigrationRefused(
+            f"restore refused before any change: {'; '.join(one_way.values())}. Restore the "
+            "database from a backup instead, or roll forward"
+        )
+    get_run_logger().info(f"schema can go back from {current} to {target or 'base'}")
 
 
 _REHEARSE_SCRIPT = 'set -e; for step in "$@"; do echo "{marker} $step"; alembic $step; done'

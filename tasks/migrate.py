@@ -38,6 +38,13 @@ def downgrade(env: ReleaseEnvironment, image: str, revision: str | None) -> Migr
     return _run_alembic(env, image, ["alembic", "downgrade", revision or "base"], "downgrade")
 
 
+@task(name="upgrade-schema", cache_policy=NO_CACHE, **transient_retries(2))
+def upgrade_to(env: ReleaseEnvironment, image: str, revision: str) -> MigrationResult:
+    """Upgrade to exactly `revision` with `image`'s migration scripts: how a failed restore
+    of an earlier release puts back the schema it had downgraded."""
+    return _run_alembic(env, image, ["alembic", "upgrade", revision], "upgrade")
+
+
 def _run_alembic(
     env: ReleaseEnvironment, image: str, command: list[str], verb: str
 ) -> MigrationResult:
