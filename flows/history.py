@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
 
 from blocks.environment import ReleaseEnvironment
+from flows.record import ReleaseRecord, claim
 from flows.summary import ReleaseSummary
 from ledger.store import Entry, Expected, Ledger
 from targets.errors import ConfigurationError
@@ -23,6 +24,37 @@ STARTED_BY = {
     "release-from-ui": "ui",
     "release-pushed-image": "event",
 }
+
+
+def begin(
+    env: ReleaseEnvironment, kind: str, source: str, schema_undo: str = "downgrade"
+) -> tuple[ReleaseRecord, Entry]:
+    """Start a change of the environment: check its notification block, take the release
+    record (the lock), open the ledger entry. Nothing has changed yet if this fails."""
+    notifier(env)
+    record = claim(env.environment, str(flow_run.id) if flow_run.id else None)
+    try:
+        entry = open_entry(env, kind, source)
+    except Exception:
+        record.clear()
+        raise
+    record.ledger_id, record.schema_undo = entry.id, schema_undo
+    record.save()
+    return record, entry
+
+
+def succeed(
+    env: ReleaseEnvironment,
+    record: ReleaseRecord,
+    entry: Entry,
+    summary: ReleaseSummary,
+    expected: Expected,
+) -> None:
+    """End a change that completed: release the lock, record, report."""
+    record.clear()
+    close_entry(env, entry, summary, expected)
+    summary.publish()
+    get_run_logger().info(summary.message)
 
 
 def open_entry(env: ReleaseEnvironment, kind: str, source: str | None = None) -> Entry:

@@ -12,14 +12,13 @@ Any failure after the first mutation runs the compensating `rollback` subflow, a
 release ends Failed with a message saying which step failed, why, and what was restored.
 """
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import flow
 
 from blocks.environment import connect_target, load_environment
 from flows.approval import approve
-from flows.history import close_entry, notifier, open_entry
+from flows.history import begin, succeed
 from flows.plan import DEFAULT_SOURCE, Request, make_request, plan, prepare
-from flows.record import API, SCHEMA, WORKERS, claim
+from flows.record import API, SCHEMA, WORKERS
 from flows.rollback import rollback
 from flows.summary import ReleaseSummary, Timeline
 from flows.undo import ReleaseFailed, fail
@@ -59,7 +58,6 @@ def release(
         allow_breaking: Pending revision ids whose breaking or irreversible operations
             are accepted (otherwise the release refuses them before any change).
     """
-    logger = get_run_logger()
     env = load_environment(environment)
     request = make_request(
         env, source, git_ref, subdir, image, version, worker_count, allow_breaking
@@ -68,25 +66,17 @@ def release(
         return plan(
             environment, source, git_ref, subdir, image, version, worker_count, allow_breaking
         )
-    notifier(env)
-    record = claim(environment, str(flow_run.id) if flow_run.id else None)
-    try:
-        entry = open_entry(env, "release", image or " ".join(filter(None, (source, git_ref))))
-    except Exception:
-        record.clear()
-        raise
-    record.ledger_id = entry.id
-    record.save()
+    source_text = image or " ".join(filter(None, (source, git_ref)))
+    record, entry = begin(env, "release", source_text)
     timeline = Timeline()
     try:
         summary = _release(env, record, entry, timeline, request)
     except Exception as exc:
         what = f"release {record.version} to {environment}"
         fail(env, record, entry, timeline, exc, what, lambda: rollback(environment))
-    record.clear()
-    close_entry(env, entry, summary, Expected(summary.image, request.workers, summary.schema_after))
-    summary.publish()
-    logger.info(summary.message)
+    succeed(
+        env, record, entry, summary, Expected(summary.image, request.workers, summary.schema_after)
+    )
     return summary.to_dict()
 
 

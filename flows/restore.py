@@ -13,11 +13,9 @@ It is a saga like a release: if a step fails, the compensations put back what ra
 the restore (the schema with an upgrade), and the ledger records the restore either way.
 """
 
-from prefect.runtime import flow_run
-
 from blocks.environment import ReleaseEnvironment, connect_target, push_credentials
-from flows.history import close_entry, notifier, open_entry
-from flows.record import API, SCHEMA, WORKERS, ReleaseRecord, claim
+from flows.history import begin, succeed
+from flows.record import API, SCHEMA, WORKERS, ReleaseRecord
 from flows.summary import ReleaseSummary, Timeline
 from flows.undo import fail, undo
 from ledger.store import Entry, Expected, Ledger
@@ -35,24 +33,14 @@ GOOD = ("released", "restored")
 
 def restore(env: ReleaseEnvironment, to: str) -> list[str]:
     """Put back the release `to` (a ledger id, or "previous"); return what was restored."""
-    notifier(env)
-    record = claim(env.environment, str(flow_run.id) if flow_run.id else None)
-    try:
-        entry = open_entry(env, "restore", f"ledger: {to}")
-    except Exception:
-        record.clear()
-        raise
-    record.ledger_id, record.schema_undo = entry.id, "upgrade"
-    record.save()
+    record, entry = begin(env, "restore", f"ledger: {to}", schema_undo="upgrade")
     timeline = Timeline()
     try:
         summary, expected = _restore(env, record, entry, timeline, to)
     except Exception as exc:
         what = f"restore of {to} to {env.environment}"
         fail(env, record, entry, timeline, exc, what, lambda: undo(env, record))
-    record.clear()
-    close_entry(env, entry, summary, expected)
-    summary.publish()
+    succeed(env, record, entry, summary, expected)
     return [summary.message]
 
 
