@@ -64,6 +64,24 @@ def classify_connection_error(exc: OperationalError, url: str) -> Exception:
     return TransientError(f"database {where} unreachable: {reason}")
 
 
+# What a PostgreSQL client prints when its connection is cut (server restart, failover,
+# pg_terminate_backend, network loss): not an error of the migration itself.
+_CONNECTION_LOST = (
+    "terminating connection due to administrator command",
+    "server closed the connection unexpectedly",
+    "could not receive data from server",
+    "consuming input failed",
+    "the connection is lost",
+    "connection refused",
+)
+
+
+def connection_lost(output: str) -> bool:
+    """Whether a failed database client's output says its connection was cut."""
+    lowered = output.lower()
+    return any(marker in lowered for marker in _CONNECTION_LOST)
+
+
 def alembic_in_process(script_location: str, url: str, action: str, revision: str) -> None:
     """Run `alembic upgrade|downgrade REVISION` from source in this process (no image):
     for development and rehearsals. Production migrations run in the new image."""

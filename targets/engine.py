@@ -214,6 +214,11 @@ def login(client: docker.DockerClient, registry: str, auth: dict[str, str]) -> N
                 f"registry {registry} refused the credentials for user {auth['username']!r}: "
                 "fix the username/password in the registry credentials block"
             ) from None
+        if isinstance(error, TransientError):
+            raise TransientError(
+                f"registry {registry} is unavailable ({_explanation(exc)}): start it, or fix "
+                "the registry address in image_repository and the registry credentials block"
+            ) from None
         raise error from None
 
 

@@ -9,8 +9,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from blocks.environment import ReleaseEnvironment, connect_target
-from targets.database import read_revision
-from targets.errors import MigrationFailed
+from targets.database import connection_lost, read_revision
+from targets.errors import MigrationFailed, TransientError
 from tasks.retry import transient_retries
 
 
@@ -27,7 +27,8 @@ class MigrationResult:
 @task(name="migrate", cache_policy=NO_CACHE, **transient_retries(2))
 def migrate(env: ReleaseEnvironment, image: str) -> MigrationResult:
     """`alembic upgrade head` in a one-off container of `image`. Each revision commits on
-    its own, so a failure leaves the schema at the last revision that completed."""
+    its own, so a failure leaves the schema at the last revision that completed; a lost
+    database connection is retried (the revision in flight was rolled back)."""
     return _run_alembic(env, image, env.migrate_command, "upgrade")
 
 
@@ -62,6 +63,14 @@ def _run_alembic(
         if "alembic.runtime.migration" in line and "Running" in line:
             logger.info(line.split("] ", 1)[-1])
     after = read_revision(url)
+    if result.exit_code != 0 and connection_lost(result.output):
+        # Each revision is one transaction (migrations/env.py) and PostgreSQL DDL is
+        # transactional: a cut connection rolled back the revision in flight, so running
+        # alembic again resumes from `after` without doing anything twice.
+        raise TransientError(
+            f"alembic {verb} lost its database connection; schema left at {after or 'base'} "
+            f"(was {before or 'base'}): {migration_error(env, result.output)}"
+        )
     if result.exit_code != 0:
         raise MigrationFailed(
             f"alembic {verb} failed (exit {result.exit_code}); schema left at "

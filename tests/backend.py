@@ -14,8 +14,10 @@ def backend_context(
     root: Path, head: str = "0003", extra: dict[str, str] | None = None, **faults: str
 ) -> Path:
     """A copy of examples/backend as an older or newer checkout would be: revisions after
-    `head` removed, `extra` files (e.g. new revisions) added, and failure switches
-    (`fail_health="1"`, `fail_migration="0003"`) baked in as the Dockerfile's defaults."""
+    `head` removed, `extra` files (e.g. new revisions) added, and failure switches baked in
+    as the Dockerfile's defaults (`fail_health="1"`, `fail_migration="0003"`,
+    `migration_delay="3"`, `crash_after="0.5"`, `health_database_down="1"`,
+    `health_delay="3"`: see the Dockerfile)."""
     root.mkdir(parents=True, exist_ok=True)
     context = root / f"backend-{head}-{uuid.uuid4().hex[:6]}"
     shutil.copytree(BACKEND, context, ignore=shutil.ignore_patterns("__pycache__"))

@@ -10,7 +10,7 @@ from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
 from flows.release import release
-from targets.docker_host import L_ENV
+from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
 from tests.backend import TEST_REPOSITORY, backend_context
 from tests.services import free_port
 
@@ -26,6 +26,22 @@ def served_version(env) -> str:
     response = httpx.get(f"http://127.0.0.1:{env.api_port}/health", timeout=5)
     assert response.status_code == 200, response.text
     return response.json()["version"]
+
+
+def running(engine, env, service: str) -> list:
+    """The running containers of one service ("api" or "worker") of an environment."""
+    filters = {"label": [f"{L_ENV}={env.environment}", f"{L_SERVICE}={service}"]}
+    return engine.containers.list(filters=filters)
+
+
+def worker_versions(engine, env) -> list[str]:
+    return [w.labels[L_VERSION] for w in running(engine, env, "worker")]
+
+
+def schema(pg, database) -> str | None:
+    """The database's Alembic revision (None: never migrated)."""
+    rows = pg.query(database, "select version_num from alembic_version")
+    return rows[0][0] if rows else None
 
 
 def task_run_counts(flow_run_id) -> dict[str, int]:

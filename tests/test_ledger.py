@@ -17,10 +17,10 @@ from flows.release import ReleaseFailed, release
 from flows.rollback import rollback
 from flows.status import status
 from ledger.store import Ledger
-from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
+from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError, StepFailed
 from tests.backend import backend_context
-from tests.releases import release_from, served_version
+from tests.releases import release_from, schema, served_version, worker_versions
 
 pytestmark = pytest.mark.docker
 
@@ -39,16 +39,6 @@ def history(env) -> list:
         return list(reversed(ledger.history(env.environment)))
     finally:
         ledger.dispose()
-
-
-def workers(engine, env) -> list[str]:
-    filters = {"label": [f"{L_ENV}={env.environment}", f"{L_SERVICE}=worker"]}
-    return [w.labels[L_VERSION] for w in engine.containers.list(filters=filters)]
-
-
-def schema(pg, database) -> str | None:
-    rows = pg.query(database, "select version_num from alembic_version")
-    return rows[0][0] if rows else None
 
 
 def everything(engine, pg, database, env) -> dict:
@@ -115,7 +105,7 @@ def test_the_ledger_records_success_no_op_rollback_and_failed_rollback(
 
     assert history(environment)[-1].outcome == "rolled back"
     assert served_version(environment) == "v1"
-    assert workers(engine, environment) == ["v1", "v1"]
+    assert worker_versions(engine, environment) == ["v1", "v1"]
 
 
 @pytest.mark.migrations
@@ -152,13 +142,13 @@ def test_rollback_puts_back_the_previous_release_or_the_one_asked_for(
     rollback(environment.environment)  # nothing in flight: the previous good release
 
     assert served_version(environment) == "v2"
-    assert workers(engine, environment) == ["v2", "v2"]
+    assert worker_versions(engine, environment) == ["v2", "v2"]
     assert schema(pg, database) == "0002"
 
     rollback(environment.environment, to=first.short_id)  # the release before last
 
     assert served_version(environment) == "v1"
-    assert workers(engine, environment) == ["v1", "v1"]
+    assert worker_versions(engine, environment) == ["v1", "v1"]
     assert schema(pg, database) == "0001"
     assert pg.query(database, "select name from projects") == [("kept",)]
     restores = [e for e in history(environment) if e.kind == "restore"]

@@ -1,13 +1,24 @@
 """HTTP API: /health reports version and database reachability; /projects reads and writes."""
 
+import time
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from app.db import engine
-from app.settings import FAIL_HEALTH, VERSION
+from app.db import engine, health_engine
+from app.faults import crash_later_if_requested
+from app.settings import FAIL_HEALTH, HEALTH_DELAY, VERSION
 
-app = FastAPI(title="example backend", version=VERSION)
+
+@asynccontextmanager
+async def lifespan(_: FastAPI):
+    crash_later_if_requested()
+    yield
+
+
+app = FastAPI(title="example backend", version=VERSION, lifespan=lifespan)
 
 
 class ProjectIn(BaseModel):
@@ -16,8 +27,9 @@ class ProjectIn(BaseModel):
 
 @app.get("/health")
 def health(response: Response) -> dict:
+    time.sleep(HEALTH_DELAY)
     try:
-        with engine().connect() as conn:
+        with health_engine().connect() as conn:
             conn.execute(text("select 1"))
         database = True
     except Exception:

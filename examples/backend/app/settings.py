@@ -3,8 +3,15 @@
 import os
 
 VERSION = os.environ.get("APP_VERSION", "dev")
+# Failure switches for tests (see the Dockerfile and app/faults.py); empty means off.
 FAIL_HEALTH = os.environ.get("BACKEND_FAIL_HEALTH", "") not in ("", "0")
 FAIL_MIGRATION = os.environ.get("BACKEND_FAIL_MIGRATION", "")
+MIGRATION_DELAY = float(os.environ.get("BACKEND_MIGRATION_DELAY") or 0)
+CRASH_AFTER = float(os.environ.get("BACKEND_CRASH_AFTER") or -1)  # negative: never
+HEALTH_DELAY = float(os.environ.get("BACKEND_HEALTH_DELAY") or 0)
+HEALTH_DATABASE_DOWN = os.environ.get("BACKEND_HEALTH_DATABASE_DOWN", "") not in ("", "0")
+# Where /health looks for the database when HEALTH_DATABASE_DOWN: a port nothing listens on.
+UNREACHABLE_DATABASE_URL = "postgresql+psycopg://health@127.0.0.1:1/unreachable"
 
 
 def database_url() -> str:

@@ -6,7 +6,7 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
-from app.faults import fail_migration_if_requested
+from app.faults import inject_migration_faults
 
 revision = "0001"
 down_revision = None
@@ -20,7 +20,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("name", sa.String(200), nullable=False),
     )
-    fail_migration_if_requested(revision)
+    inject_migration_faults(revision)
 
 
 def downgrade() -> None:

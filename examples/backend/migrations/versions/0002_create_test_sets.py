@@ -6,7 +6,7 @@ Revises: 0001
 
 import sqlalchemy as sa
 from alembic import op
-from app.faults import fail_migration_if_requested
+from app.faults import inject_migration_faults
 
 revision = "0002"
 down_revision = "0001"
@@ -21,7 +21,7 @@ def upgrade() -> None:
         sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id"), nullable=False),
         sa.Column("prompt", sa.Text, nullable=False),
     )
-    fail_migration_if_requested(revision)
+    inject_migration_faults(revision)
 
 
 def downgrade() -> None:

@@ -6,7 +6,7 @@ Revises: 0002
 
 import sqlalchemy as sa
 from alembic import op
-from app.faults import fail_migration_if_requested
+from app.faults import inject_migration_faults
 
 revision = "0003"
 down_revision = "0002"
@@ -16,7 +16,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("projects", sa.Column("description", sa.Text, nullable=True))
-    fail_migration_if_requested(revision)
+    inject_migration_faults(revision)
 
 
 def downgrade() -> None:
