@@ -41,11 +41,12 @@ class ReleaseRecord:
     def save(self) -> None:
         Variable.set(_key(self.environment), self.to_dict(), overwrite=True)
 
-    def register(self, compensation: str) -> None:
-        """Record an undo step BEFORE its mutation runs: a step that fails halfway has
+    def register(self, *compensations: str) -> None:
+        """Record undo steps BEFORE their mutations run: a step that fails halfway has
         already changed something, and every compensation is safe to apply regardless."""
-        if compensation not in self.compensations:
-            self.compensations.append(compensation)
+        new = [c for c in compensations if c not in self.compensations]
+        if new:
+            self.compensations.extend(new)
             self.save()
 
     def clear(self) -> None:

@@ -3,10 +3,11 @@
     snapshot what runs            (the rollback point; concurrent with the build)
     build the image               (or resolve a given image to its digest)
     push it                       (returns the pinned digest)
+    check the migrations          (breaking or irreversible revisions refused; rehearsal)
+    approve                       (environments that require it)
     migrate the database          (alembic upgrade head, in the new image)
-    deploy the API + scale workers (concurrently)
-    verify                        (N healthy /health answers with the new version; workers ready)
-    promote                       (the previous API is retired only now)
+    roll it out                   (flows/rollout.py: deploy the API + scale the workers,
+                                   verify, promote)
 
 Any failure after the first mutation runs the compensating `rollback` subflow, and the
 release ends Failed with a message saying which step failed, why, and what was restored.
@@ -14,20 +15,18 @@ release ends Failed with a message saying which step failed, why, and what was r
 
 from prefect import flow
 
-from blocks.environment import connect_target, load_environment
+from blocks.environment import load_environment
 from flows.approval import approve
 from flows.history import begin, succeed
 from flows.plan import DEFAULT_SOURCE, Request, make_request, plan, prepare
-from flows.record import API, SCHEMA, WORKERS
+from flows.record import SCHEMA
 from flows.rollback import rollback
+from flows.rollout import roll_out
 from flows.summary import ReleaseSummary, Timeline
 from flows.undo import ReleaseFailed, fail
 from ledger.store import Entry, Expected
 from tasks.check_migrations import check_migrations
-from tasks.deploy import deploy_api, promote_api
 from tasks.migrate import migrate
-from tasks.scale import scale_workers
-from tasks.verify import verify_api, verify_workers
 
 __all__ = ["ReleaseFailed", "release"]
 
@@ -85,7 +84,6 @@ def _release(env, record, entry: Entry, timeline: Timeline, request: Request) ->
     prepared = prepare(env, request, timeline)
     snapshot, pinned, version = prepared.snapshot, prepared.image, prepared.version
     record.image, record.version, record.snapshot = pinned, version, snapshot
-    record.save()
     before = snapshot.state
     entry.workers_before, entry.workers_after = before.workers.replicas, workers
     entry.previous_image = before.api.image
@@ -118,16 +116,7 @@ def _release(env, record, entry: Entry, timeline: Timeline, request: Request) ->
     approve(env, version, pinned)
     record.register(SCHEMA)
     migration = timeline.run("migrate", migrate, env, pinned)
-    record.register(API)
-    record.register(WORKERS)
-    api_run = timeline.submit("deploy-api", deploy_api, env, pinned, version)
-    workers_run = timeline.submit("scale-workers", scale_workers, env, pinned, version, workers)
-    api_run.wait(), workers_run.wait()
-    api_run.result(), workers_run.result()
-    timeline.run("verify-api", verify_api, env, connect_target(env).candidate_url(), version)
-    if workers:
-        timeline.run("verify-workers", verify_workers, env, pinned, workers)
-    timeline.run("promote-api", promote_api, env)
+    roll_out(env, record, timeline, pinned, version, workers)
     message = (
         f"released {version} to {env.environment}: API {version} healthy, {workers} "
         f"worker(s), schema {migration.before or 'base'} -> {migration.after or 'base'}"

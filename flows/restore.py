@@ -15,18 +15,17 @@ the restore (the schema with an upgrade), and the ledger records the restore eit
 
 from blocks.environment import ReleaseEnvironment, connect_target, push_credentials
 from flows.history import begin, succeed
-from flows.record import API, SCHEMA, WORKERS, ReleaseRecord
+from flows.record import SCHEMA, ReleaseRecord
+from flows.rollout import roll_out
 from flows.summary import ReleaseSummary, Timeline
 from flows.undo import fail, undo
 from ledger.store import Entry, Expected, Ledger
 from targets.errors import ConfigurationError
 from tasks.check_migrations import check_downgrade
-from tasks.deploy import deploy_api, promote_api
 from tasks.migrate import downgrade
 from tasks.push import resolve
-from tasks.scale import scale_workers
 from tasks.snapshot import Snapshot, take_snapshot
-from tasks.verify import verify_api, verify_workers
+from tasks.verify import verify_api
 
 GOOD = ("released", "restored")
 
@@ -87,7 +86,6 @@ def _restore(
     )
     version = chosen.version
     record.image, record.version, record.snapshot = pinned, version, snapshot
-    record.save()
     before, current = snapshot.state, snapshot.schema_revision
     entry.previous_image = before.api.image
     entry.workers_before, entry.workers_after = before.workers.replicas, wanted.workers
@@ -118,18 +116,7 @@ def _restore(
         timeline.run(
             "check-downgrade", check_downgrade, env, before.api.image, current, wanted.schema
         )
-    record.register(API)
-    record.register(WORKERS)
-    api_run = timeline.submit("deploy-api", deploy_api, env, pinned, version)
-    workers_run = timeline.submit(
-        "scale-workers", scale_workers, env, pinned, version, wanted.workers
-    )
-    api_run.wait(), workers_run.wait()
-    api_run.result(), workers_run.result()
-    timeline.run("verify-api", verify_api, env, connect_target(env).candidate_url(), version)
-    if wanted.workers:
-        timeline.run("verify-workers", verify_workers, env, pinned, wanted.workers)
-    timeline.run("promote-api", promote_api, env)
+    roll_out(env, record, timeline, pinned, version, wanted.workers)
     if current != wanted.schema:
         record.register(SCHEMA)
         timeline.run("downgrade-schema", downgrade, env, before.api.image, wanted.schema)

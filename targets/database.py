@@ -2,6 +2,8 @@
 classified so a wrong URL is a clear configuration error and never shows the password.
 """
 
+import threading
+
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
@@ -82,9 +84,14 @@ def connection_lost(output: str) -> bool:
     return any(marker in lowered for marker in _CONNECTION_LOST)
 
 
+# Alembic's `context` and `op` are process-wide proxies: one in-process run at a time.
+_ALEMBIC = threading.Lock()
+
+
 def alembic_in_process(script_location: str, url: str, action: str, revision: str) -> None:
     """Run `alembic upgrade|downgrade REVISION` from source in this process (no image):
-    for development and rehearsals. Production migrations run in the new image."""
+    the release ledger's own schema, development and rehearsals. The application's
+    production migrations run in the new image."""
     from alembic import command
     from alembic.config import Config
 
@@ -93,7 +100,7 @@ def alembic_in_process(script_location: str, url: str, action: str, revision: st
     config.attributes["skip_logging_config"] = True
     engine = create_engine(sqlalchemy_url(url))
     try:
-        with engine.begin() as conn:
+        with _ALEMBIC, engine.begin() as conn:
             config.attributes["connection"] = conn
             getattr(command, action)(config, revision)
     except OperationalError as exc:

@@ -9,6 +9,8 @@ from sqlalchemy import text
 SCHEMA = "release_ledger"
 
 connection = context.config.attributes["connection"]
+# Two releases migrating one database's ledger at once: the second waits for the first.
+connection.execute(text("select pg_advisory_xact_lock(hashtext('release_ledger'))"))
 connection.execute(text(f"create schema if not exists {SCHEMA}"))
 context.configure(
     connection=connection, version_table_schema=SCHEMA, transaction_per_migration=True
