@@ -8,21 +8,15 @@ left alone (the test process talks to this server through an explicit client).
 
 import base64
 import json
-import os
-import shutil
-import subprocess
-import sys
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from prefect.blocks.system import Secret
-from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
     DeploymentFilter,
     DeploymentFilterId,
@@ -33,7 +27,6 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment, connect_target
@@ -45,86 +38,29 @@ from deployments.push_events import (
     from_distribution,
     from_ecr,
 )
+from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from targets.engine import login, push_image, registry_auth
 from tests import services
+from tests.stack import (
+    VENV_BIN,
+    Processes,
+    Stack,
+    run,
+    start_bridge,
+    start_registry,
+    start_server,
+    start_worker,
+)
 
 pytestmark = pytest.mark.triggers
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-REGISTRY_STATE = services.STATE_DIR / "registry"
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DIGEST = "sha256:" + "ab" * 32
 RUN_TIMEOUT = 120
 
 
-# --- the stack: server, worker, registry, bridge ----------------------------------------
-
-
-@dataclass
-class Stack:
-    api_url: str
-    env: dict[str, str]
-    root: Path
-    token: str
-    prefix: str  # makes the environments' container names unique to this module run
-    bridge_url: str
-
-    def client(self) -> SyncPrefectClient:
-        return SyncPrefectClient(self.api_url)
-
-    @contextmanager
-    def settings(self) -> Iterator[None]:
-        """Point in-process Prefect calls (block saves) at this server."""
-        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
-            yield
-
-
-class Processes:
-    """Background processes this module started, each with its own log file."""
-
-    def __init__(self, root: Path):
-        self.root, self.started = root, []
-
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.started.append((name, proc, log))
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.root / f"{name}.log").read_text(errors="replace")
-
-    def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
-        proc = next(p for n, p, _ in self.started if n == name)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code in ok:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"{name} did not answer on {url}:\n{self.log(name)[-3000:]}")
-
-    def stop_all(self) -> None:
-        for _, proc, log in reversed(self.started):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
-def run(args: list[str], env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+# --- the stack: server, worker, registry, bridge (tests/stack.py) ------------------------
 
 
 @pytest.fixture(scope="module")
@@ -136,98 +72,22 @@ def processes(tmp_path_factory) -> Iterator[Processes]:
 
 @pytest.fixture(scope="module")
 def stack(processes, tmp_path_factory) -> Stack:
-    """`prefect server start` on a free loopback port, set up and deployed from prefect.yaml."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    port = services.free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        PREFECT_HOME=str(root / "home"),
-        PREFECT_API_URL=api_url,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{root / 'prefect.db'}",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_WORKER_QUERY_SECONDS="1",
-        PREFECT_RUNNER_POLL_FREQUENCY="1",
-    )
-    processes.start(
-        "server",
-        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-    )
-    processes.wait_http("server", f"{api_url}/health")
-    run([sys.executable, "-m", "deployments.setup"], env)
-    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-    return Stack(
-        api_url,
-        env,
-        root,
-        token=uuid.uuid4().hex,
-        prefix=f"trg{uuid.uuid4().hex[:6]}",
-        bridge_url=f"http://127.0.0.1:{services.free_port()}",
-    )
+    return start_server(processes, tmp_path_factory.mktemp("prefect-server"))
 
 
 @pytest.fixture(scope="module")
 def registry2(processes, stack, registry) -> str:
-    """A second real docker-registry (same users) that notifies the event bridge."""
-    port = services.free_port()
-    directory = stack.root / "registry"
-    directory.mkdir()
-    shutil.copy(REGISTRY_STATE / "htpasswd", directory / "htpasswd")
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-        "auth": {"htpasswd": {"realm": "triggers", "path": str(directory / "htpasswd")}},
-        "notifications": {
-            "endpoints": [
-                {
-                    "name": "event-bridge",
-                    "url": f"{stack.bridge_url}/registry",
-                    "headers": {"Authorization": [f"Bearer {stack.token}"]},
-                    "timeout": "5s",
-                    "threshold": 3,
-                    "backoff": "1s",
-                }
-            ]
-        },
-    }
-    (directory / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-    (directory / "config.yml").chmod(0o600)
-    processes.start("registry", ["docker-registry", "serve", str(directory / "config.yml")], {})
-    processes.wait_http("registry", f"http://127.0.0.1:{port}/v2/", ok=(401,))
-    return f"127.0.0.1:{port}"
+    return start_registry(processes, stack)
 
 
 @pytest.fixture(scope="module")
 def bridge(processes, stack, registry2) -> str:
-    with stack.settings():
-        Secret(value=stack.token).save("event-bridge-token", overwrite=True)
-    processes.start(
-        "bridge",
-        [
-            sys.executable,
-            "-m",
-            "deployments.event_bridge",
-            "--port",
-            stack.bridge_url.rsplit(":", 1)[1],
-            "--route",
-            f"{registry2}/tests/backend:main-*=staging",
-        ],
-        stack.env,
-    )
-    processes.wait_http("bridge", f"{stack.bridge_url}/health")
-    return stack.bridge_url
+    return start_bridge(processes, stack, f"{registry2}/tests/backend:main-*=staging")
 
 
 @pytest.fixture(scope="module")
 def worker(processes, stack) -> None:
-    processes.start(
-        "worker", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "release"], stack.env
-    )
+    start_worker(processes, stack)
 
 
 @pytest.fixture(scope="module")
@@ -466,6 +326,36 @@ def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed):
     assert served_version(env) == "trg-v1"
     assert connect_target(env).read_state().api.image == f"{registry2}/tests/backend@{digest}"
     assert "flow run started in" in logs(stack, flow_run.id)  # event -> run latency
+
+
+def test_the_ledger_says_an_event_started_it_and_status_runs_from_the_cli(stack, pushed):
+    env, _, digest, flow_run = pushed
+    ledger = Ledger(env.database_url_value())
+    try:
+        [entry] = [
+            e for e in ledger.history(env.environment) if e.image and e.image.endswith(digest)
+        ]
+    finally:
+        ledger.dispose()
+    assert (entry.started_by, entry.outcome) == ("event", "released")
+
+    output = run(
+        [
+            str(VENV_BIN / "prefect"),
+            "deployment",
+            "run",
+            "status/status",
+            "--param",
+            'environments=["staging"]',
+        ],
+        stack.env,
+    )
+
+    run_id = uuid.UUID(re.search(r"UUID: ([0-9a-f-]{36})", output).group(1))
+    status_run = finished(stack, run_id)
+    assert status_run.state.is_completed(), status_run.state.message
+    # the run's log lines reach the server shortly after its final state
+    wait_until(lambda: "staging: in sync" in logs(stack, run_id), "the status report", timeout=30)
 
 
 def test_a_redelivered_notification_starts_no_second_run(stack, registry2, pushed):

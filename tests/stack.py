@@ -1,0 +1,186 @@
+"""A real Prefect stack on loopback, shared by tests/test_triggers.py and bench/run.py:
+`prefect server start` (temporary SQLite home) set up and deployed from prefect.yaml, a
+`process` worker polling every second, the event bridge, and a second real docker-registry
+(same users as the main one) whose push notifications go to the bridge."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from prefect.blocks.system import Secret
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from tests import services
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+REGISTRY_STATE = services.STATE_DIR / "registry"
+
+
+@dataclass
+class Stack:
+    api_url: str
+    env: dict[str, str]
+    root: Path
+    token: str
+    prefix: str  # makes the environments' container names unique to this stack
+    bridge_url: str
+
+    def client(self) -> SyncPrefectClient:
+        return SyncPrefectClient(self.api_url)
+
+    @contextmanager
+    def settings(self) -> Iterator[None]:
+        """Point in-process Prefect calls (block saves, flows) at this server."""
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            yield
+
+
+class Processes:
+    """Background processes started here, each with its own log file under `root`."""
+
+    def __init__(self, root: Path):
+        self.root, self.started = root, []
+
+    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.started.append((name, proc, log))
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
+        proc = next(p for n, p, _ in self.started if n == name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code in ok:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{name} did not answer on {url}:\n{self.log(name)[-3000:]}")
+
+    def stop_all(self) -> None:
+        for _, proc, log in reversed(self.started):
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def run(args: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def start_server(processes: Processes, root: Path, database_url: str | None = None) -> Stack:
+    """`prefect server start` on a free loopback port, set up and deployed from prefect.yaml.
+    Its database: SQLite under `root`, or `database_url` (postgresql+asyncpg://...)."""
+    port = services.free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        PREFECT_HOME=str(root / "home"),
+        PREFECT_API_URL=api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_WORKER_QUERY_SECONDS="1",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
+    database = database_url or f"sqlite+aiosqlite:///{root / 'prefect.db'}"
+    processes.start(
+        "server",
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database},
+    )
+    processes.wait_http("server", f"{api_url}/health")
+    run([sys.executable, "-m", "deployments.setup"], env)
+    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
+    return Stack(
+        api_url,
+        env,
+        root,
+        token=uuid.uuid4().hex,
+        prefix=f"trg{uuid.uuid4().hex[:6]}",
+        bridge_url=f"http://127.0.0.1:{services.free_port()}",
+    )
+
+
+def start_registry(processes: Processes, stack: Stack) -> str:
+    """A second real docker-registry (same users) that notifies the bridge; its address."""
+    port = services.free_port()
+    directory = stack.root / "registry"
+    directory.mkdir()
+    shutil.copy(REGISTRY_STATE / "htpasswd", directory / "htpasswd")
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn"},
+        "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+        "auth": {"htpasswd": {"realm": "triggers", "path": str(directory / "htpasswd")}},
+        "notifications": {
+            "endpoints": [
+                {
+                    "name": "event-bridge",
+                    "url": f"{stack.bridge_url}/registry",
+                    "headers": {"Authorization": [f"Bearer {stack.token}"]},
+                    "timeout": "5s",
+                    "threshold": 3,
+                    "backoff": "1s",
+                }
+            ]
+        },
+    }
+    (directory / "config.yml").write_text(json.dumps(config))  # JSON is YAML
+    (directory / "config.yml").chmod(0o600)
+    processes.start("registry", ["docker-registry", "serve", str(directory / "config.yml")], {})
+    processes.wait_http("registry", f"http://127.0.0.1:{port}/v2/", ok=(401,))
+    return f"127.0.0.1:{port}"
+
+
+def start_bridge(processes: Processes, stack: Stack, route: str) -> str:
+    """The event bridge on `stack.bridge_url`, with the token block saved and one route."""
+    with stack.settings():
+        Secret(value=stack.token).save("event-bridge-token", overwrite=True)
+    processes.start(
+        "bridge",
+        [
+            sys.executable,
+            "-m",
+            "deployments.event_bridge",
+            "--port",
+            stack.bridge_url.rsplit(":", 1)[1],
+            "--route",
+            route,
+        ],
+        stack.env,
+    )
+    processes.wait_http("bridge", f"{stack.bridge_url}/health")
+    return stack.bridge_url
+
+
+def start_worker(processes: Processes, stack: Stack) -> None:
+    processes.start(
+        "worker", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "release"], stack.env
+    )
