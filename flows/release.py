@@ -5,7 +5,7 @@
     push it                       (returns the pinned digest)
     check the migrations          (breaking or irreversible revisions refused; rehearsal)
     approve                       (environments that require it)
-    migrate the database          (alembic upgrade head, in the new image; when pending)
+    migrate the database          (alembic upgrade head, in the new image)
     roll it out                   (flows/rollout.py: deploy the API + scale the workers,
                                    verify, promote)
 
@@ -114,13 +114,11 @@ def _release(env, record, entry: Entry, timeline: Timeline, request: Request) ->
     )
     record.irreversible = check.irreversible
     approve(env, version, pinned)
-    schema = snapshot.schema_revision
-    if check.pending:  # the check read the database's revision against the image's head
-        record.register(SCHEMA)
-        schema = timeline.run("migrate", migrate, env, pinned).after
+    record.register(SCHEMA)
+    migration = timeline.run("migrate", migrate, env, pinned)
     roll_out(env, record, timeline, pinned, version, workers)
     message = (
         f"released {version} to {env.environment}: API {version} healthy, {workers} "
-        f"worker(s), schema {snapshot.schema_revision or 'base'} -> {schema or 'base'}"
+        f"worker(s), schema {migration.before or 'base'} -> {migration.after or 'base'}"
     )
-    return summary("released", message, schema)
+    return summary("released", message, migration.after)
