@@ -10,6 +10,7 @@ from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
 from flows.release import release
+from targets.database import read_revision
 from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
 from tests.backend import TEST_REPOSITORY, backend_context
 from tests.services import free_port
@@ -39,9 +40,9 @@ def worker_versions(engine, env) -> list[str]:
 
 
 def schema(pg, database) -> str | None:
-    """The database's Alembic revision (None: never migrated)."""
-    rows = pg.query(database, "select version_num from alembic_version")
-    return rows[0][0] if rows else None
+    """The database's Alembic revision (None: never migrated). Takes the database's name,
+    so a failing assertion never prints its URL (which holds the password)."""
+    return read_revision(pg.url(database))
 
 
 def task_run_counts(flow_run_id) -> dict[str, int]:

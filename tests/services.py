@@ -6,7 +6,7 @@ A missing service is a failure, never a skip: CI must have started it.
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
@@ -25,7 +25,7 @@ HINT = "start the services first: sudo scripts/services.sh all"
 class Registry:
     address: str
     username: str
-    password: str
+    password: str = field(repr=False)  # never in test output
 
     def manifest_digest(self, repository: str, tag: str) -> str | None:
         """The digest the registry serves for repository:tag (None: no such tag)."""
@@ -44,7 +44,7 @@ class Registry:
 class Postgres:
     port: int
     user: str
-    password: str
+    password: str = field(repr=False)  # never in test output
 
     def url(self, database: str, host: str = "127.0.0.1") -> str:
         return f"postgresql://{self.user}:{self.password}@{host}:{self.port}/{database}"

@@ -14,11 +14,11 @@ from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import connect_target
 from flows.release import ReleaseFailed
 from flows.release import release as release_flow
-from targets.database import read_revision
 from targets.engine import login, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 from tests import services
 from tests.fakes.cloud_run import FakeCloudRun
+from tests.releases import schema
 
 pytestmark = [pytest.mark.cloudrun, pytest.mark.docker]
 
@@ -107,7 +107,7 @@ def test_release_v1_then_v2_moves_traffic_only_after_the_tag_url_answers(
     v1, v2 = build_backend("cr-v1"), build_backend("cr-v2")
     target.check()
     release(target, v1, "cr-v1")
-    assert read_revision(pg.url(database)) == "0003"  # the job really migrated
+    assert schema(pg, database) == "0003"  # the job really migrated
     before = target.read_state()
 
     target.deploy_api(v2, "cr-v2")
@@ -135,7 +135,8 @@ def test_release_v1_then_v2_moves_traffic_only_after_the_tag_url_answers(
     assert [t["percent"] for t in api["trafficStatuses"]] == [100]
     container = api["template"]["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["DATABASE_URL"] == pg.url(database)
+    same_database = env["DATABASE_URL"] == pg.url(database)  # compared, never printed
+    assert same_database
     assert {"name": "cloudsql", "mountPath": "/cloudsql"} in container["volumeMounts"]
     assert {"name": "cloudsql", "cloudSqlInstance": {"instances": [CLOUDSQL]}} in api["template"][
         "volumes"
@@ -187,16 +188,15 @@ def test_failed_migration_job_surfaces_the_error_and_the_schema_is_restored(
     target, build_backend, pg, database
 ):
     broken = build_backend("cr-badmig", fail_migration="0002")
-    url = pg.url(database)
 
     result = target.run_oneoff(broken, MIGRATE, {}, timeout=120)
 
     assert result.exit_code == 1
     assert "exit code of 1" in result.output
-    assert read_revision(url) == "0001"  # stopped at the last good revision
+    assert schema(pg, database) == "0001"  # stopped at the last good revision
     restored = target.run_oneoff(broken, ["alembic", "downgrade", "base"], {}, timeout=120)
     assert restored.exit_code == 0
-    assert read_revision(url) is None
+    assert schema(pg, database) is None
 
 
 @pytest.mark.faults
@@ -282,4 +282,4 @@ def test_release_flow_releases_then_rolls_back_a_broken_candidate(
 
     assert target.read_state() == before  # same revisions, images and worker count
     assert health(target.service_url())["version"] == "cr-v1"
-    assert read_revision(pg.url(database)) == "0003"
+    assert schema(pg, database) == "0003"

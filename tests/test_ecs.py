@@ -18,14 +18,13 @@ from blocks.environment import ReleaseEnvironment
 from flows.record import load_record
 from flows.release import ReleaseFailed, release
 from targets.base import TargetState
-from targets.database import read_revision
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget
 from targets.engine import login, push_image, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
 from tests import services
 from tests.conftest import TEST_REPOSITORY, backend_context
 from tests.fakes.ecs import REGION, FakeEcs
-from tests.releases import release_from, task_run_counts
+from tests.releases import release_from, schema, task_run_counts
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker]
 
@@ -200,7 +199,7 @@ def test_release_v1_then_v2_changes_only_the_image(stack, pg, build_backend):
     migration = target.run_oneoff(v1, UPGRADE, {}, timeout=120)
     assert migration.exit_code == 0, migration.output
     assert "Running upgrade 0002 -> 0003" in migration.output  # read back from CloudWatch Logs
-    assert read_revision(pg.url(stack.database)) == "0003"
+    assert schema(pg, stack.database) == "0003"
 
     target.deploy_api(v1, "ecs-v1")
     target.scale_workers(v1, "ecs-v1", 1)
@@ -233,10 +232,10 @@ def test_failed_oneoff_task_surfaces_exit_code_and_output(stack, pg, build_backe
     assert result.exit_code != 0
     assert "injected failure in migration 0002" in result.output
     assert "Essential container in task exited" in result.output
-    assert read_revision(pg.url(stack.database)) == "0001"  # 0002 rolled back on its own
+    assert schema(pg, stack.database) == "0001"  # 0002 rolled back on its own
     downgrade = target.run_oneoff(bad, ["alembic", "downgrade", "base"], {}, timeout=120)
     assert downgrade.exit_code == 0, downgrade.output
-    assert read_revision(pg.url(stack.database)) is None
+    assert schema(pg, stack.database) is None
 
 
 @pytest.mark.migrations
@@ -252,8 +251,8 @@ def test_oneoff_database_override_replaces_the_task_definition_secret(
             build_backend("ecs-v1"), UPGRADE, {"DATABASE_URL": pg.url(scratch)}, timeout=120
         )
         assert result.exit_code == 0, result.output
-        assert read_revision(pg.url(scratch)) == "0003"
-        assert read_revision(pg.url(stack.database)) is None  # the real one is untouched
+        assert schema(pg, scratch) == "0003"
+        assert schema(pg, stack.database) is None  # the real one is untouched
         oneoff = stack.task_definition(stack.revisions()[-1])["containerDefinitions"][0]
         assert "DATABASE_URL" not in {s["name"] for s in oneoff.get("secrets", [])}
     finally:
@@ -396,7 +395,7 @@ def test_flow_releases_v1_then_v2_as_new_revisions_through_throttling(
     assert state.is_completed(), state.message
     second = state.result()
     assert (second["schema_before"], second["schema_after"]) == ("0002", "0003")
-    assert read_revision(pg.url(stack.database)) == "0003"
+    assert schema(pg, stack.database) == "0003"
     assert stack.health() == {"status": "ok", "version": "ecs-flow-v2", "database": True}
     v2 = stack.target().read_state()
     assert (v2.api.image, v2.api.version, v2.api.replicas) == (second["image"], "ecs-flow-v2", 1)
@@ -433,7 +432,7 @@ def test_flow_rolls_an_unhealthy_release_back_to_the_previous_revisions(
     assert "Rolled back and verified" in message
     assert stack.target().read_state() == before  # both services on their previous revisions
     assert stack.health() == {"status": "ok", "version": "ecs-v1", "database": True}
-    assert read_revision(pg.url(stack.database)) == "0002"
+    assert schema(pg, stack.database) == "0002"
     assert pg.query(stack.database, "select name from projects") == [("v1 data",)]
     assert load_record(env.environment) is None
 
@@ -453,7 +452,7 @@ def test_flow_restores_the_schema_when_the_migration_task_fails(
     assert "failed at step 'migrate'" in message
     assert "injected failure in migration 0003" in message  # read back from CloudWatch Logs
     assert "schema back to 0001" in message
-    assert read_revision(pg.url(stack.database)) == "0001"
+    assert schema(pg, stack.database) == "0001"
     assert stack.target().read_state() == before
     assert stack.health()["version"] == "ecs-v1"
 
@@ -478,5 +477,5 @@ def test_access_denied_fails_the_release_before_any_change(ecs_environment, stac
     assert stack.revisions() == revisions
     assert stack.target().read_state() == before
     assert stack.health()["version"] == "ecs-v1"
-    assert read_revision(pg.url(stack.database)) is None
+    assert schema(pg, stack.database) is None
     assert load_record(env.environment) is None

@@ -6,6 +6,7 @@ from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError, MigrationFailed
 from tasks.migrate import downgrade, migrate
 from tests.conftest import BACKEND
+from tests.releases import schema
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
 
@@ -40,7 +41,7 @@ def test_failed_migration_stops_at_the_last_good_revision(pg, database, make_env
     assert (error.before, error.after) == (None, "0001")
     assert "left at 0001" in str(error)
     assert "injected failure in migration 0002" in str(error)  # Alembic's own error text
-    assert read_revision(pg.url(database)) == "0001"
+    assert schema(pg, database) == "0001"
     assert "test_sets" not in tables(pg, database)  # the failed revision left nothing behind
 
 

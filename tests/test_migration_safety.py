@@ -18,7 +18,7 @@ from targets.migration_lint import lint, split_revisions
 from tasks.check_migrations import MigrationRefused, check_migrations
 from tasks.migrate import render_offline_sql
 from tests.conftest import BACKEND, TEST_REPOSITORY, backend_context
-from tests.releases import served_version
+from tests.releases import schema, served_version
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
 
@@ -222,7 +222,7 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert "the running version still reads and writes the column" in message
     assert "allow_breaking=['0004']" in message
     assert containers(engine, environment) == before
-    assert read_revision(pg.url(database)) == "0003"
+    assert schema(pg, database) == "0003"
     assert "description" in columns(pg, database, "projects")
     assert served_version(environment) == "m-v3"
     assert load_record(environment.environment) is None
@@ -232,7 +232,7 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
 
     assert accepted.pending == ["0004"] and "drop column" in accepted.accepted[0]
     assert accepted.rehearsal_seconds > 0
-    assert read_revision(pg.url(database)) == "0003"  # the rehearsal ran elsewhere
+    assert schema(pg, database) == "0003"  # the rehearsal ran elsewhere
 
 
 def test_an_image_older_than_the_schema_is_refused_with_nothing_changed(
@@ -247,7 +247,7 @@ def test_an_image_older_than_the_schema_is_refused_with_nothing_changed(
     assert "the database is at revision 0003, which" in str(info.value)
     assert "the image is older than the schema" in str(info.value)
     assert containers(engine, environment) == before
-    assert read_revision(pg.url(database)) == "0003"
+    assert schema(pg, database) == "0003"
     assert served_version(environment) == "m-v3"
 
 
@@ -295,7 +295,7 @@ def test_rollback_across_three_revisions_lands_on_the_recorded_one(
     message = str(info.value)
     assert "failed at step 'verify-api'" in message
     assert "schema back to 0003" in message
-    assert read_revision(pg.url(database)) == "0003"
+    assert schema(pg, database) == "0003"
     assert "labels" not in {r[0] for r in pg.query(database, "select tablename from pg_tables")}
     assert "owner" not in columns(pg, database, "projects")
     assert pg.query(database, "select name from projects") == [("written before the release",)]
@@ -317,7 +317,7 @@ def test_rollback_refuses_to_downgrade_through_an_accepted_irreversible_revision
     assert "failed at step 'verify-api'" in message
     assert "Rolled back and verified: API back to 1 x m-v3" in message
     assert "schema NOT downgraded: revision(s) 0004 were released as irreversible" in message
-    assert read_revision(pg.url(database)) == "0004"  # nothing dropped behind anyone's back
+    assert schema(pg, database) == "0004"  # nothing dropped behind anyone's back
     assert served_version(environment) == "m-v3"
     assert load_record(environment.environment) is None  # the next release may start
 
@@ -345,5 +345,5 @@ def test_a_busy_table_makes_the_migration_time_out_and_the_release_roll_back(
     assert "failed at step 'migrate'" in message
     assert "migration waited longer than lock_timeout=1s for a lock on projects" in message
     assert "retry when the table is not busy, or raise migration_lock_timeout" in message
-    assert read_revision(pg.url(database)) == "0003"
+    assert schema(pg, database) == "0003"
     assert served_version(environment) == "m-v3"
