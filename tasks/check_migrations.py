@@ -61,6 +61,12 @@ def check_migrations(
         )
     if upgrade.error:
         raise StepFailed(f"cannot render the pending migrations of {image}: {upgrade.error}")
+    if not upgrade.readable:
+        logger.warning(
+            f"migration check SKIPPED: the {env.target} target returns no output from one-off "
+            "runs, so the pending revisions cannot be read, linted or rehearsed here"
+        )
+        return MigrationCheck([])
     revisions = split_revisions(upgrade.sql)
     pending = [r.revision for r in revisions]
     allowed = set(allow_breaking or [])

@@ -95,13 +95,16 @@ def migration_pg_options(env: ReleaseEnvironment) -> str:
 class OfflineSql:
     sql: str  # what Alembic printed on stdout
     error: str | None  # Alembic's error text when rendering failed
+    # Whether the target returned the one-off's output at all (Cloud Run jobs do not).
+    readable: bool = True
 
 
 # stdout carries the SQL alone; Alembic's log (stderr) is shown only when it fails.
 _RENDER_SCRIPT = (
-    'alembic "$@" 2>/tmp/alembic.err; status=$?; if [ "$status" -ne 0 ]; then '
-    'echo "{marker}"; cat /tmp/alembic.err; fi; exit "$status"'
+    'echo "{started}"; alembic "$@" 2>/tmp/alembic.err; status=$?; '
+    'if [ "$status" -ne 0 ]; then echo "{marker}"; cat /tmp/alembic.err; fi; exit "$status"'
 )
+_STARTED_MARKER = "-- offline SQL follows"
 _STDERR_MARKER = "-- alembic failed; its log follows"
 
 
@@ -110,17 +113,18 @@ def render_offline_sql(
 ) -> OfflineSql:
     """`alembic VERB REVISIONS --sql` in a one-off container of `image`: the SQL the
     revisions would run, without touching the database."""
-    script = _RENDER_SCRIPT.format(marker=_STDERR_MARKER)
+    script = _RENDER_SCRIPT.format(started=_STARTED_MARKER, marker=_STDERR_MARKER)
     result = connect_target(env).run_oneoff(
         image,
         ["sh", "-c", script, "alembic", verb, revisions, "--sql"],
         env={},
         timeout=env.migration_timeout_seconds,
     )
-    sql, _, log = result.output.partition(_STDERR_MARKER)
+    _, started, output = result.output.partition(_STARTED_MARKER)
+    sql, _, log = output.partition(_STDERR_MARKER)
     if result.exit_code == 0:
-        return OfflineSql(sql, None)
-    return OfflineSql(sql, alembic_error(log or result.output))
+        return OfflineSql(sql, None, readable=bool(started))
+    return OfflineSql(sql, alembic_error(log or result.output), readable=bool(started))
 
 
 def migration_error(env: ReleaseEnvironment, output: str) -> str:
