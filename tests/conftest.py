@@ -86,3 +86,11 @@ def make_env(pg, registry, engine) -> Callable[..., ReleaseEnvironment]:
     yield make
     for name in names:
         remove_containers(engine, name)
+
+
+@pytest.fixture
+def environment(make_env, database) -> ReleaseEnvironment:
+    """A saved Docker-host environment with 2 workers on a fresh database."""
+    env = make_env(database, worker_count=2)
+    env.save(env.environment, overwrite=True)
+    return env

@@ -25,13 +25,6 @@ from tests.releases import release_from, schema, served_version, worker_versions
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-def environment(make_env, database):
-    env = make_env(database, worker_count=2)
-    env.save(env.environment, overwrite=True)
-    return env
-
-
 def history(env) -> list:
     """The environment's ledger, oldest first."""
     ledger = Ledger(env.database_url_value())

@@ -13,13 +13,6 @@ from tests.releases import release_from, running, schema, served_version
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-def environment(make_env, database):
-    env = make_env(database, worker_count=2)
-    env.save(env.environment, overwrite=True)
-    return env
-
-
 def test_release_v1_then_v2(environment, engine, pg, database, tmp_path):
     first = release_from(environment, tmp_path, "v1", head="0002")
     assert first["outcome"] == "released"
