@@ -8,6 +8,7 @@ second release of the same environment from starting.
 
 from dataclasses import dataclass, field
 
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.variables import Variable
 
 from targets.errors import ConfigurationError
@@ -88,11 +89,13 @@ def load_record(environment: str) -> ReleaseRecord | None:
 
 def claim(environment: str, flow_run_id: str | None) -> ReleaseRecord:
     """Start the record for a new release, or refuse when one is already in flight.
-    Creating the variable without overwrite is atomic: two claims cannot both win."""
+    Creating the variable without overwrite is atomic: two claims cannot both win. The
+    loser sees ValueError (the client saw the variable first) or ObjectAlreadyExists (the
+    server refused the second create when both checked at once)."""
     record = ReleaseRecord(environment=environment, flow_run_id=flow_run_id)
     try:
         Variable.set(_key(environment), record.to_dict(), overwrite=False)
-    except ValueError:
+    except (ValueError, ObjectAlreadyExists):
         existing = load_record(environment)
         raise ConfigurationError(
             f"a release to {environment!r} is already in flight or died midway (flow run "
