@@ -351,7 +351,7 @@ def test_a_release_killed_midway_is_undone_by_the_rollback_flow(
             stderr=subprocess.STDOUT,
         )
         try:
-            while not engine.containers.list(all=True, filters=v2_api):
+            while not engine.containers.list(all=True, filters=v2_api, ignore_removed=True):
                 assert child.poll() is None, output.read_text()
                 time.sleep(0.2)
         finally:
