@@ -12,7 +12,7 @@ import docker.errors
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect_docker import DockerHost, DockerRegistryCredentials
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
@@ -21,6 +21,7 @@ from blocks.ecs import EcsSettings, confirm_pushed_image
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
 from targets.base import DEFAULT_WORKER_COMMAND, Target
+from targets.database import DatabaseVariables, UrlPart, check_variable_names
 from targets.docker_host import DockerHostTarget
 from targets.errors import ConfigurationError, TransientError
 from targets.images import parse_image_reference
@@ -54,10 +55,24 @@ class ReleaseEnvironment(Block):
     database_url: Secret = Field(
         description="Secret block holding the PostgreSQL URL the backend and migrations use."
     )
+    database_url_variables: list[str] = Field(
+        default=["DATABASE_URL"],
+        description="Environment variables the application reads the database URL from "
+        "(e.g. ['SQLALCHEMY_DATABASE_URL']). Each gets the URL from `database_url`, and the "
+        "migration rehearsal points every one of them at its scratch database.",
+    )
+    database_url_parts: dict[str, UrlPart] = Field(
+        default_factory=dict,
+        description="For applications that build the URL from parts: variable -> part of "
+        "`database_url` ('user', 'password', 'host', 'port' or 'database'), e.g. "
+        "{'SQLALCHEMY_DB_USER': 'user', 'SQLALCHEMY_DB_PASS': 'password', "
+        "'SQLALCHEMY_DB_HOST': 'host', 'SQLALCHEMY_DB_NAME': 'database'}. The rehearsal "
+        "overrides these too.",
+    )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Plain environment variables for every container (no secrets here: "
-        "they are stored and shown in clear).",
+        "they are stored and shown in clear; the database URL comes from `database_url`).",
     )
     cloud_run: CloudRunSettings | None = Field(
         default=None,
@@ -164,6 +179,32 @@ class ReleaseEnvironment(Block):
             )
         return value
 
+    @field_validator("database_url_variables")
+    @classmethod
+    def _valid_url_variables(cls, value: list[str]) -> list[str]:
+        return check_variable_names(value, "database_url_variables")
+
+    @field_validator("database_url_parts")
+    @classmethod
+    def _valid_part_variables(cls, value: dict[str, str]) -> dict[str, str]:
+        check_variable_names(list(value), "database_url_parts")
+        return value
+
+    @model_validator(mode="after")
+    def _database_only_from_the_secret(self) -> "ReleaseEnvironment":
+        if not self.database_variables().names:
+            raise ValueError(
+                "database_url_variables and database_url_parts are both empty: name at least "
+                "one variable the application reads its database from"
+            )
+        if clash := sorted(set(self.env) & set(self.database_variables().names)):
+            raise ValueError(
+                f"{', '.join(clash)} set in `env` and also filled from `database_url`: remove "
+                "it from `env` (plain values are stored in clear, and the rehearsal could not "
+                "point it at its scratch database)"
+            )
+        return self
+
     @field_validator("health_path")
     @classmethod
     def _valid_path(cls, value: str) -> str:
@@ -173,6 +214,9 @@ class ReleaseEnvironment(Block):
 
     def database_url_value(self) -> str:
         return self.database_url.get()
+
+    def database_variables(self) -> DatabaseVariables:
+        return DatabaseVariables(tuple(self.database_url_variables), dict(self.database_url_parts))
 
 
 def load_environment(name: str) -> ReleaseEnvironment:
@@ -244,8 +288,9 @@ def _settings(env: ReleaseEnvironment, field: str):
 
 
 def container_env(env: ReleaseEnvironment) -> dict[str, str]:
-    """Environment of every backend container: the plain variables plus the database URL."""
-    return {**env.env, "DATABASE_URL": env.database_url_value()}
+    """Environment of every backend container: the plain variables plus the database URL
+    under the names the application reads."""
+    return {**env.env, **env.database_variables().environment(env.database_url_value())}
 
 
 def registry_auth(env: ReleaseEnvironment) -> dict[str, str] | None:

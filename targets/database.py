@@ -2,10 +2,14 @@
 classified so a wrong URL is a clear configuration error and never shows the password.
 """
 
+import hashlib
+import re
 import threading
+from dataclasses import dataclass, field
+from typing import Literal
 
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, ProgrammingError
 
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
@@ -27,6 +31,60 @@ def safe_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+UrlPart = Literal["user", "password", "host", "port", "database"]
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class DatabaseVariables:
+    """The environment variables an application reads its database from: the whole URL
+    under one or more names (`url`), and/or its parts under names of their own (`parts`,
+    for apps that build the URL themselves, e.g. SQLALCHEMY_DB_USER/_PASS/_HOST/_NAME)."""
+
+    url: tuple[str, ...] = ("DATABASE_URL",)
+    parts: dict[str, UrlPart] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.url, *self.parts]
+
+    def environment(self, database_url: str) -> dict[str, str]:
+        """Every variable set from `database_url`: what the app must see to use it."""
+        url = _parse(database_url)
+        values = {
+            "user": url.username or "",
+            "password": url.password or "",
+            "host": url.host or "",
+            "port": str(url.port or 5432),
+            "database": url.database or "",
+        }
+        return {
+            **{name: database_url for name in self.url},
+            **{name: values[part] for name, part in self.parts.items()},
+        }
+
+
+def check_variable_names(names: list[str], what: str) -> list[str]:
+    """Environment variable names, or ValueError naming the bad one."""
+    for name in names:
+        if not _VARIABLE.match(name):
+            raise ValueError(
+                f"{what}: {name!r} is not an environment variable name (letters, digits and "
+                "'_', not starting with a digit)"
+            )
+    return names
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(
+            "the database URL in the environment's Secret block is not a valid URL: "
+            "expected postgresql://USER:PASSWORD@HOST:PORT/DBNAME"
+        ) from None
+
+
 def read_revision(url: str) -> str | None:
     """The current Alembic revision, or None for a database never migrated."""
     try:
@@ -45,6 +103,29 @@ def read_revision(url: str) -> str | None:
         raise classify_connection_error(exc, url) from None
     finally:
         engine.dispose()
+
+
+def schema_fingerprint(url: str) -> str:
+    """A digest of what a migration changes: the Alembic revision and every table's columns
+    (outside PostgreSQL's own schemas). Equal before and after: the schema was not touched."""
+    query = text(
+        "select table_schema, table_name, column_name, data_type, is_nullable "
+        "from information_schema.columns "
+        "where table_schema not in ('pg_catalog', 'information_schema') "
+        "order by 1, 2, 3"
+    )
+    engine = create_engine(sqlalchemy_url(url), connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            columns = conn.execute(query).all()
+    except OperationalError as exc:
+        raise classify_connection_error(exc, url) from None
+    finally:
+        engine.dispose()
+    digest = hashlib.sha256(repr(read_revision(url)).encode())
+    for row in columns:
+        digest.update(repr(tuple(row)).encode())
+    return digest.hexdigest()
 
 
 def classify_connection_error(exc: OperationalError, url: str) -> Exception:

@@ -55,10 +55,12 @@ def build_backend(engine, registry, tmp_path_factory) -> Callable[..., str]:
     login(engine, registry.address, auth)
     root = tmp_path_factory.mktemp("contexts")
 
-    def build(version: str, head: str = "0003", **build_args: str) -> str:
-        key = (version, head, tuple(sorted(build_args.items())))
+    def build(
+        version: str, head: str = "0003", reads_database: str | None = None, **build_args: str
+    ) -> str:
+        key = (version, head, reads_database, tuple(sorted(build_args.items())))
         if key not in built:
-            context = backend_context(root, head)
+            context = backend_context(root, head, reads_database=reads_database)
             image = build_image(
                 engine,
                 context,

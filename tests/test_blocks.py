@@ -3,7 +3,7 @@ from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from pydantic import ValidationError
 
-from blocks.environment import ReleaseEnvironment, load_environment
+from blocks.environment import ReleaseEnvironment, container_env, load_environment
 
 
 def make(**overrides) -> ReleaseEnvironment:
@@ -39,8 +39,29 @@ def test_environment_saves_and_loads_by_name_with_the_secret_masked():
         ("image_repository", "Rhesis/Backend", "invalid image reference"),
         ("health_path", "health", "must start with '/'"),
         ("worker_count", -1, "greater than or equal to 0"),
+        ("database_url_variables", ["SQLALCHEMY-URL"], "is not an environment variable name"),
+        ("database_url_parts", {"DB_USER": "username"}, "'user', 'password', 'host'"),
+        ("env", {"DATABASE_URL": "postgresql://u:p@h/db"}, "remove it from `env`"),
+        ("database_url_variables", [], "name at least one variable"),
     ],
 )
 def test_bad_environment_settings_are_refused_with_the_reason(field, value, problem):
     with pytest.raises((ValidationError, ValueError), match=problem):
         make(**{field: value})
+
+
+def test_the_database_url_reaches_the_app_under_every_name_it_reads():
+    env = make(
+        database_url_variables=["DATABASE_URL", "SQLALCHEMY_DATABASE_URL"],
+        database_url_parts={"DB_USER": "user", "DB_PASS": "password", "DB_NAME": "database"},
+        env={"LOG_LEVEL": "info"},
+    )
+
+    assert container_env(env) == {
+        "LOG_LEVEL": "info",
+        "DATABASE_URL": "postgresql://u:topsecret@127.0.0.1:5432/db",
+        "SQLALCHEMY_DATABASE_URL": "postgresql://u:topsecret@127.0.0.1:5432/db",
+        "DB_USER": "u",
+        "DB_PASS": "topsecret",
+        "DB_NAME": "db",
+    }

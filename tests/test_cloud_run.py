@@ -7,6 +7,7 @@ import uuid
 import httpx
 import pytest
 from google.cloud import run_v2
+from prefect import task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
 from prefect_gcp import GcpCredentials
@@ -18,6 +19,7 @@ from flows.release import ReleaseFailed
 from flows.release import release as release_flow
 from targets.engine import login, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from tasks.check_migrations import RehearsalNotIsolated, rehearse
 from tests import services
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import schema
@@ -298,3 +300,23 @@ def test_release_flow_releases_then_rolls_back_a_broken_candidate(
     assert target.read_state() == before  # same revisions, images and worker count
     assert health(target.service_url())["version"] == "cr-v1"
     assert schema(pg, database) == "0003"
+
+
+@pytest.mark.migrations
+def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
+    fake, settings, make_env, database, pg, build_backend
+):
+    """A job's output is not readable here, but its exit code is: a rehearsal job that
+    cannot see its scratch database refuses before changing anything."""
+    image = build_backend("cr-iso", reads_database="sqlalchemy-url")
+    cloud_run = dict(target="cloudrun", cloud_run=settings, registry_credentials=None)
+    old_way = make_env(database, env={"SQLALCHEMY_DATABASE_URL": pg.url(database)}, **cloud_run)
+    named = make_env(database, database_url_variables=["SQLALCHEMY_DATABASE_URL"], **cloud_run)
+    rehearsal = task(rehearse)
+
+    with pytest.raises(RehearsalNotIsolated, match="It most likely reads SQLALCHEMY_DATABASE_URL"):
+        rehearsal(old_way, image, None, "0003", round_trip=True)
+    assert schema(pg, database) is None
+
+    assert rehearsal(named, image, None, "0003", round_trip=True) > 0
+    assert schema(pg, database) is None  # rehearsed on the scratch database only

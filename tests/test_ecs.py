@@ -21,6 +21,7 @@ from targets.base import TargetState
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget
 from targets.engine import login, push_image, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
+from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
 from tests.conftest import TEST_REPOSITORY, backend_context
 from tests.fakes.ecs import REGION, FakeEcs
@@ -479,3 +480,35 @@ def test_access_denied_fails_the_release_before_any_change(ecs_environment, stac
     assert stack.health()["version"] == "ecs-v1"
     assert schema(pg, stack.database) is None
     assert load_record(env.environment) is None
+
+
+@pytest.mark.migrations
+def test_the_rehearsal_task_proves_it_talks_to_the_scratch_database(
+    stack, ecs_environment, pg, build_backend
+):
+    """The API's task definition gives the app its database as the secret
+    SQLALCHEMY_DATABASE_URL: a rehearsal that overrides only DATABASE_URL would migrate the
+    real database; it refuses instead, and runs once that variable is named."""
+    image = build_backend("ecs-iso", reads_database="sqlalchemy-url")
+    ecs = stack.fake.client("ecs")
+    service = ecs.describe_services(cluster=stack.settings.cluster, services=["api"])
+    definition = stack.task_definition(service["services"][0]["taskDefinition"])
+    container = definition["containerDefinitions"][0]
+    container["secrets"] = [{**s, "name": "SQLALCHEMY_DATABASE_URL"} for s in container["secrets"]]
+    fields = ("family", "networkMode", "requiresCompatibilities", "executionRoleArn", "cpu")
+    revision = ecs.register_task_definition(
+        containerDefinitions=[container], memory="512", **{k: definition[k] for k in fields}
+    )["taskDefinition"]["taskDefinitionArn"]
+    ecs.update_service(
+        cluster=stack.settings.cluster, service="api", taskDefinition=revision, desiredCount=0
+    )
+
+    with pytest.raises(RehearsalNotIsolated, match="database_url_variables"):
+        check_migrations(ecs_environment(), image, None)
+    assert schema(pg, stack.database) is None
+
+    named = ecs_environment(database_url_variables=["SQLALCHEMY_DATABASE_URL"])
+    check = check_migrations(named, image, None)
+
+    assert check.pending == ["0001", "0002", "0003"] and check.rehearsal_seconds > 0
+    assert schema(pg, stack.database) is None  # rehearsed on the scratch database only
