@@ -18,7 +18,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
-from targets.engine import login, push_image, registry_auth
+from targets.registry import login, push_image, registry_auth
 from tests.services import free_port
 from tests.stack import Stack
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import docker.errors
 
 from blocks.environment import ReleaseEnvironment
-from flows.release import ReleaseFailed, release
+from flows.errors import ReleaseFailed
+from flows.release import release
 from tests.backend import TEST_REPOSITORY, backend_context
 from tests.releases import local_environment, remove_containers
 from tests.services import free_port

@@ -8,7 +8,6 @@ It says where a release goes and how to judge it, and references the credential 
 import re
 from typing import Literal
 
-import docker.errors
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect_docker import DockerHost, DockerRegistryCredentials
@@ -17,13 +16,14 @@ from pydantic import Field, field_validator, model_validator
 from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
+from blocks.docker_engine import engine_client
 from blocks.ecs import EcsSettings, confirm_pushed_image
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
 from targets.base import DEFAULT_WORKER_COMMAND, Target
 from targets.database import DatabaseVariables, UrlPart, check_variable_names
 from targets.docker_host import DockerHostTarget
-from targets.errors import ConfigurationError, TransientError
+from targets.errors import ConfigurationError
 from targets.images import parse_image_reference
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -248,15 +248,8 @@ def known_environments() -> list[str]:
 def connect_target(env: ReleaseEnvironment) -> Target:
     """The platform adapter for this environment's target."""
     if env.target == "docker":
-        try:
-            client = env.docker_host.get_client()
-        except docker.errors.DockerException as exc:
-            raise TransientError(
-                f"cannot reach the Docker engine ({exc}): start it (scripts/services.sh docker) "
-                "or fix the environment's DockerHost block"
-            ) from None
         return DockerHostTarget(
-            client,
+            engine_client(env.docker_host),
             env.environment,
             port=env.api_port,
             network=env.docker_network,

@@ -16,7 +16,8 @@ from prefect.blocks.system import Secret
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
-from flows.release import ReleaseFailed, release
+from flows.errors import ReleaseFailed
+from flows.release import release
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ.get("RELEASE_STATE_DIR", "/var/lib/rhesis-release"))

@@ -46,8 +46,7 @@ def approve(env: ReleaseEnvironment, version: str, image: str) -> None:
         )
     except FlowPauseTimeout:
         raise NotApproved(
-            f"nobody approved releasing {version} to {env.environment} within {timeout} s: "
-            "the release ends without changing anything"
+            f"nobody approved releasing {version} to {env.environment} within {timeout} s"
         ) from None
     comment = f" ({approval.comment})" if approval.comment else ""
     logger.info(

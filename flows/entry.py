@@ -22,7 +22,7 @@ from prefect.states import Cancelled, State
 from pydantic import Field
 
 from deployments.environments import Environment, release_slot
-from flows.plan import DEFAULT_SOURCE
+from flows.prepare import DEFAULT_SOURCE
 from flows.release import release
 from targets.errors import ConfigurationError
 

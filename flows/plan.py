@@ -4,99 +4,21 @@
     build and push the image, or resolve the given one
     compare: image, worker count, pending migrations with their safety verdict
 
-`release` runs the same preparation before it changes anything; `plan` (and a release with
-`dry_run`) stops there and publishes the plan as the artifact `plan-<environment>`.
+It runs the release's own preparation (flows/prepare.py) and migration check, then stops:
+no lock, no ledger row, nothing changed. Published as the artifact `plan-<environment>`.
 """
 
-from dataclasses import dataclass
+from contextlib import closing
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from blocks.environment import ReleaseEnvironment, load_environment, push_credentials
-from flows.summary import Timeline
-from targets.errors import ConfigurationError
-from targets.images import parse_image_reference
-from tasks.build import build
+from blocks.environment import connect_target, load_environment
+from flows.errors import ReleaseFailed
+from flows.prepare import DEFAULT_SOURCE, Prepared, ReleaseRequest, prepare
+from flows.saga import Steps
+from targets.base import describe_service
 from tasks.check_migrations import MigrationCheck, MigrationRefused, check_migrations
-from tasks.push import confirm_pushed, push, resolve
-from tasks.snapshot import Snapshot, describe_service, take_snapshot
-
-DEFAULT_SOURCE = "examples/backend"
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the caller asked for (the flow's parameters, checked)."""
-
-    source: str
-    git_ref: str | None
-    subdir: str | None
-    image: str | None
-    version: str | None
-    workers: int
-    allow_breaking: list[str] | None
-
-
-def make_request(
-    env: ReleaseEnvironment,
-    source: str,
-    git_ref: str | None,
-    subdir: str | None,
-    image: str | None,
-    version: str | None,
-    worker_count: int | None,
-    allow_breaking: list[str] | None,
-) -> Request:
-    """Check the parameters before anything runs."""
-    if image is not None:
-        parse_image_reference(image)
-    workers = env.worker_count if worker_count is None else worker_count
-    if workers < 0:
-        raise ConfigurationError(f"worker_count must be 0 or more, got {workers}")
-    return Request(source, git_ref, subdir, image, version, workers, allow_breaking)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The rollback point and the pinned image a release would roll out."""
-
-    snapshot: Snapshot
-    image: str
-    version: str
-
-    def is_running(self, workers: int) -> bool:
-        state = self.snapshot.state
-        return (
-            state.api.image == self.image
-            and state.workers.image in (self.image, None)
-            and state.workers.replicas == workers
-        )
-
-
-def prepare(env: ReleaseEnvironment, request: Request, timeline: Timeline) -> Prepared:
-    """Snapshot what runs while the image is built and pushed (or resolved)."""
-    credentials = push_credentials(env)
-    snapshot_run = timeline.submit("snapshot", take_snapshot, env)
-    if request.image is None:
-        built = timeline.run(
-            "build",
-            build,
-            request.source,
-            env.image_repository,
-            request.version,
-            request.git_ref,
-            request.subdir,
-            docker_host=env.docker_host,
-        )
-        pinned = timeline.run("push", push, built.reference, credentials, env.docker_host)
-        timeline.run("confirm-push", confirm_pushed, env, pinned)
-        version = built.version
-    else:
-        pinned, version = timeline.run(
-            "resolve-image", resolve, request.image, credentials, env.docker_host
-        )
-    return Prepared(snapshot_run.result(), pinned, version)
 
 
 @flow(name="plan", flow_run_name="plan {environment}")
@@ -122,20 +44,27 @@ def plan(
         worker_count: Workers the release would run (default: the environment's).
         allow_breaking: Pending revision ids whose breaking operations would be accepted.
     """
-    env = load_environment(environment)
-    request = make_request(
-        env, source, git_ref, subdir, image, version, worker_count, allow_breaking
-    )
-    prepared = prepare(env, request, Timeline())
-    check, refused = None, None
-    if not prepared.is_running(request.workers):
-        try:
-            check = check_migrations(
-                env, prepared.image, prepared.snapshot.schema_revision, allow_breaking
-            )
-        except MigrationRefused as exc:
-            refused = str(exc)
-    result = _describe(env.environment, prepared, request.workers, check, refused)
+    request = ReleaseRequest.model_validate(locals())  # the parameters as one model
+    try:
+        env = load_environment(environment)
+        workers = request.workers(env)
+        with closing(connect_target(env)) as target:
+            prepared = prepare(Steps(env, target, []), request)
+            check, refused = None, None
+            if not prepared.is_running(workers):
+                try:
+                    check = check_migrations(
+                        env,
+                        target,
+                        prepared.image,
+                        current=prepared.snapshot.schema_revision,
+                        allow_breaking=allow_breaking,
+                    )
+                except MigrationRefused as exc:
+                    refused = str(exc)
+    except Exception as exc:
+        raise ReleaseFailed.refused(f"plan of a release to {environment}", exc) from exc
+    result = _describe(env.environment, prepared, workers, check, refused)
     create_markdown_artifact(
         key=f"plan-{env.environment}",
         markdown=_markdown(result),

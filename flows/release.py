@@ -9,26 +9,24 @@
     roll it out                   (flows/rollout.py: deploy the API + scale the workers,
                                    verify, promote)
 
-Any failure after the first mutation runs the compensating `rollback` subflow, and the
-release ends Failed with a message saying which step failed, why, and what was restored.
+It runs as a saga (flows/saga.py): each mutating step registers its compensation before it
+runs, and a failure after the first one runs the compensating subflow, which restores the
+API, the workers and the schema and verifies them. Whatever fails, the flow raises
+ReleaseFailed saying which step failed, why, and what was restored.
 """
 
 from prefect import flow
 
 from blocks.environment import load_environment
 from flows.approval import approve
-from flows.history import begin, succeed
-from flows.plan import DEFAULT_SOURCE, Request, make_request, plan, prepare
-from flows.record import SCHEMA
-from flows.rollback import rollback
+from flows.errors import ReleaseFailed
+from flows.plan import plan
+from flows.prepare import DEFAULT_SOURCE, ReleaseRequest, prepare
 from flows.rollout import roll_out
-from flows.summary import ReleaseSummary, Timeline
-from flows.undo import ReleaseFailed, fail
-from ledger.store import Entry, Expected
+from flows.saga import Saga
+from ledger.record import Compensation
 from tasks.check_migrations import check_migrations
 from tasks.migrate import migrate
-
-__all__ = ["ReleaseFailed", "release"]
 
 
 @flow(name="release", flow_run_name="release {environment}")
@@ -57,68 +55,44 @@ def release(
         allow_breaking: Pending revision ids whose breaking or irreversible operations
             are accepted (otherwise the release refuses them before any change).
     """
-    env = load_environment(environment)
-    request = make_request(
-        env, source, git_ref, subdir, image, version, worker_count, allow_breaking
-    )
+    request = ReleaseRequest.model_validate(locals())  # the parameters as one model
     if dry_run:
-        return plan(
-            environment, source, git_ref, subdir, image, version, worker_count, allow_breaking
-        )
-    source_text = image or " ".join(filter(None, (source, git_ref)))
-    record, entry = begin(env, "release", source_text)
-    timeline = Timeline()
+        return plan(environment, **request.model_dump())
     try:
-        summary = _release(env, record, entry, timeline, request)
+        env = load_environment(environment)
+        workers = request.workers(env)
     except Exception as exc:
-        what = f"release {record.version} to {environment}"
-        fail(env, record, entry, timeline, exc, what, lambda: rollback(environment))
-    succeed(
-        env, record, entry, summary, Expected(summary.image, request.workers, summary.schema_after)
-    )
-    return summary.to_dict()
+        raise ReleaseFailed.refused(f"release to {environment}", exc) from exc
 
+    with Saga.begin(env, "release", request.describe()) as saga:
+        prepared = prepare(saga, request)
+        saga.record.took_snapshot(prepared.snapshot)
+        saga.record.rolls_out(prepared.image, prepared.version, workers)
+        if prepared.is_running(workers):
+            message = f"{prepared.version} ({prepared.image}) already runs in {environment}"
+            return saga.finish(
+                "no-op", f"{message}: nothing to do", prepared.snapshot.schema_revision
+            )
 
-def _release(env, record, entry: Entry, timeline: Timeline, request: Request) -> ReleaseSummary:
-    workers = request.workers
-    prepared = prepare(env, request, timeline)
-    snapshot, pinned, version = prepared.snapshot, prepared.image, prepared.version
-    record.image, record.version, record.snapshot = pinned, version, snapshot
-    before = snapshot.state
-    entry.workers_before, entry.workers_after = before.workers.replicas, workers
-    entry.previous_image = before.api.image
-
-    def summary(outcome: str, message: str, schema_after: str | None) -> ReleaseSummary:
-        return ReleaseSummary(
-            env.environment,
-            outcome,
-            pinned,
-            version,
-            before.api.version,
-            snapshot.schema_revision,
-            schema_after,
-            message,
-            timeline.steps,
+        check = saga.step(
+            "check-migrations",
+            check_migrations,
+            env,
+            saga.target,
+            prepared.image,
+            current=prepared.snapshot.schema_revision,
+            allow_breaking=request.allow_breaking,
         )
-
-    if prepared.is_running(workers):
-        message = f"{version} ({pinned}) already runs in {env.environment}: nothing to do"
-        return summary("no-op", message, snapshot.schema_revision)
-    check = timeline.run(
-        "check-migrations",
-        check_migrations,
-        env,
-        pinned,
-        snapshot.schema_revision,
-        request.allow_breaking,
-    )
-    record.irreversible = check.irreversible
-    approve(env, version, pinned)
-    record.register(SCHEMA)
-    migration = timeline.run("migrate", migrate, env, pinned)
-    roll_out(env, record, timeline, pinned, version, workers)
-    message = (
-        f"released {version} to {env.environment}: API {version} healthy, {workers} "
-        f"worker(s), schema {migration.before or 'base'} -> {migration.after or 'base'}"
-    )
-    return summary("released", message, migration.after)
+        saga.record.irreversible = check.irreversible
+        approve(env, prepared.version, prepared.image)
+        migration = saga.step(
+            "migrate", migrate, env, saga.target, prepared.image, compensation=Compensation.SCHEMA
+        )
+        roll_out(saga, prepared.image, prepared.version, workers)
+        return saga.finish(
+            "released",
+            f"released {prepared.version} to {environment}: API {prepared.version} healthy, "
+            f"{workers} worker(s), schema {migration.before or 'base'} -> "
+            f"{migration.after or 'base'}",
+            migration.after,
+        )

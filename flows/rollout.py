@@ -9,30 +9,23 @@
 Both compensations are registered before the first of these changes anything.
 """
 
-from blocks.environment import ReleaseEnvironment, connect_target
-from flows.record import API, WORKERS, ReleaseRecord
-from flows.summary import Timeline
+from flows.saga import Saga
+from ledger.record import Compensation
 from tasks.deploy import deploy_api, promote_api
 from tasks.scale import scale_workers
 from tasks.verify import verify_api, verify_workers
 
 
-def roll_out(
-    env: ReleaseEnvironment,
-    record: ReleaseRecord,
-    timeline: Timeline,
-    image: str,
-    version: str,
-    workers: int,
-) -> None:
-    record.register(API, WORKERS)
-    workers_run = timeline.submit("scale-workers", scale_workers, env, image, version, workers)
+def roll_out(saga: Saga, image: str, version: str, workers: int) -> None:
+    env, target = saga.env, saga.target
+    saga.register(Compensation.API, Compensation.WORKERS)
+    scaling = saga.submit("scale-workers", scale_workers, target, image, version, workers)
     try:
-        timeline.run("deploy-api", deploy_api, env, image, version)
-        timeline.run("verify-api", verify_api, env, connect_target(env).candidate_url(), version)
+        saga.step("deploy-api", deploy_api, target, image, version)
+        saga.step("verify-api", verify_api, env, target.candidate_url(), version)
     finally:
-        workers_run.wait()  # a rollback must not race a scaling still under way
-    workers_run.result()
+        scaling.wait()  # a rollback must not race a scaling still under way
+    scaling.result()
     if workers:
-        timeline.run("verify-workers", verify_workers, env, image, workers)
-    timeline.run("promote-api", promote_api, env)
+        saga.step("verify-workers", verify_workers, env, target, image, workers)
+    saga.step("promote-api", promote_api, target)

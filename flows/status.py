@@ -4,6 +4,8 @@ Anything else is drift: a container changed by hand, a worker gone, a schema mov
 outside a release. Published as the table artifact `release-status`, with each
 environment's ledger (`ledger-<environment>`)."""
 
+from contextlib import closing
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
@@ -13,12 +15,11 @@ from blocks.environment import (
     known_environments,
     load_environment,
 )
-from flows.history import publish_ledger
-from flows.record import load_record
+from flows.artifacts import publish_ledger
+from flows.lock import in_flight
 from ledger.store import Ledger, baseline
-from targets.base import TargetState
+from targets.base import TargetState, describe_service
 from targets.database import read_revision
-from tasks.snapshot import describe_service
 
 
 @flow(name="status", flow_run_name="status")
@@ -43,19 +44,17 @@ def status(environments: list[str] | None = None) -> list[dict]:
 
 
 def environment_status(env: ReleaseEnvironment) -> dict:
-    state = connect_target(env).read_state()
+    with closing(connect_target(env)) as target:
+        state = target.read_state()
     schema = read_revision(env.database_url_value())
-    ledger = Ledger(env.database_url_value())
-    try:
-        entries = ledger.history(env.environment)
-    finally:
-        ledger.dispose()
-    publish_ledger(env.environment, entries)
-    last = baseline(entries)
-    in_flight = load_record(env.environment)
+    with Ledger(env.database_url_value()) as ledger:
+        records = ledger.history(env.environment)
+    publish_ledger(env.environment, records)
+    last = baseline(records)
+    running = in_flight(env.environment)
     drift = drift_from(last, state, schema)
-    if in_flight:
-        verdict = f"release in flight (flow run {in_flight.flow_run_id})"
+    if running:
+        verdict = f"release in flight (flow run {running.flow_run_id})"
     elif last is None:
         verdict = "unknown: no release in the ledger"
     elif last.expected is None:

@@ -5,7 +5,7 @@ Adapters are Prefect-free so they can be tested on their own. Facts (`read_state
 change one thing each, and `restore_*` put back a state that `read_state` recorded.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # How the backend image starts one Celery worker (the seed's command).
@@ -28,12 +28,11 @@ class TargetState:
     api: ServiceState = field(default_factory=ServiceState)
     workers: ServiceState = field(default_factory=ServiceState)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "TargetState":
-        return cls(api=ServiceState(**data["api"]), workers=ServiceState(**data["workers"]))
+def describe_service(state: ServiceState) -> str:
+    if state.image is None or state.replicas == 0:
+        return "nothing running"
+    return f"{state.replicas} x {state.version} ({state.image})"
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,6 @@ class WorkerHealth:
 
 class Target(Protocol):
     """One platform (Docker host, Cloud Run, ECS) behind the same small surface."""
-
-    kind: str
 
     def check(self) -> None:
         """Preflight: the platform answers and the credentials work. Changes nothing."""
@@ -92,3 +89,6 @@ class Target(Protocol):
 
     def restore_workers(self, state: ServiceState) -> None:
         """Put the workers back to a recorded image and count."""
+
+    def close(self) -> None:
+        """Release the platform clients (connections, sockets)."""

@@ -75,8 +75,6 @@ def short_name(resource: str) -> str:
 
 
 class CloudRunTarget:
-    kind = "cloudrun"
-
     def __init__(
         self,
         credentials: Credentials,
@@ -250,6 +248,10 @@ class CloudRunTarget:
             self._pin(self.worker_name, state.revision)
         elif state.image:
             self.scale_workers(state.image, state.version or "unknown", state.replicas)
+
+    def close(self) -> None:
+        for client in (self.services, self.revisions, self.jobs, self.executions):
+            client.transport.close()
 
     # -- helpers -------------------------------------------------------------------------
     def _pin(self, service_name: str, revision: str) -> None:

@@ -16,7 +16,7 @@ from targets.base import (
     TargetState,
     WorkerHealth,
 )
-from targets.engine import classify_engine_error
+from targets.docker_engine import classify_engine_error
 from targets.errors import ReleaseError
 
 LABEL = "io.rhesis.release"
@@ -27,8 +27,6 @@ WORKER_READY = " ready."  # Celery logs "celery@host ready." once it consumes ta
 
 
 class DockerHostTarget:
-    kind = "docker"
-
     def __init__(
         self,
         client: docker.DockerClient,
@@ -198,6 +196,9 @@ class DockerHostTarget:
                 self._call(f"remove worker {worker.name}", worker.remove, force=True)
             return
         self.scale_workers(state.image, state.version or "unknown", state.replicas)
+
+    def close(self) -> None:
+        self.client.close()
 
     # -- helpers -------------------------------------------------------------------------
     def _run_api(self, image: str, version: str) -> None:

@@ -125,8 +125,6 @@ REUSE_WINDOW = 5
 
 
 class EcsTarget:
-    kind = "ecs"
-
     def __init__(
         self,
         ecs,
@@ -286,6 +284,11 @@ class EcsTarget:
 
     def restore_workers(self, state: ServiceState) -> None:
         self._restore(self.worker_service, state)
+
+    def close(self) -> None:
+        self.ecs.close()
+        if self.logs is not None:
+            self.logs.close()
 
     # -- task definitions ------------------------------------------------------------------
     def _revision_with(

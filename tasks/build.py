@@ -1,11 +1,13 @@
 """build: a local directory or a git URL + ref becomes a labelled image."""
 
+from contextlib import closing
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker import DockerHost
 
-from targets.engine import BuiltImage, build_context, build_image, content_version
-from tasks.engine import engine_client
+from blocks.docker_engine import engine_client
+from targets.build import BuiltImage, build_context, build_image, content_version
 from tasks.retry import transient_retries
 
 
@@ -13,6 +15,7 @@ from tasks.retry import transient_retries
 def build(
     source: str,
     repository: str,
+    *,
     version: str | None = None,
     git_ref: str | None = None,
     subdir: str | None = None,
@@ -25,7 +28,7 @@ def build(
     logger = get_run_logger()
     with build_context(source, git_ref, subdir, logger.info) as context:
         version = version or content_version(context)
-        with engine_client(docker_host) as client:
+        with closing(engine_client(docker_host)) as client:
             built = build_image(client, context, repository, version, logger.info, build_args)
     logger.info(f"built {built.reference} ({built.image_id[:19]})")
     return built

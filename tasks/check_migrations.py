@@ -28,7 +28,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from blocks.environment import ReleaseEnvironment, connect_target
+from blocks.environment import ReleaseEnvironment
+from targets.base import Target
 from targets.database import (
     classify_connection_error,
     read_revision,
@@ -56,13 +57,16 @@ class MigrationCheck:
 @task(name="check-migrations", cache_policy=NO_CACHE, **transient_retries(2))
 def check_migrations(
     env: ReleaseEnvironment,
+    target: Target,
     image: str,
+    *,
     current: str | None,
     allow_breaking: list[str] | None = None,
 ) -> MigrationCheck:
     """Refuse breaking or irreversible pending revisions, then rehearse the round trip."""
     logger = get_run_logger()
-    upgrade = render_offline_sql(env, image, "upgrade", f"{current}:head" if current else "head")
+    revisions = f"{current}:head" if current else "head"
+    upgrade = render_offline_sql(env, target, image, verb="upgrade", revisions=revisions)
     if upgrade.error and current and "Can't locate revision" in upgrade.error:
         raise MigrationRefused(
             f"the database is at revision {current}, which {image} does not know: the image is "
@@ -90,13 +94,13 @@ def check_migrations(
         return MigrationCheck(pending)
     logger.info(f"pending revisions: {', '.join(pending)}")
     problems = [(f.revision, str(f)) for f in lint(revisions)]
-    one_way = _irreversible(env, image, "head", current, pending)
+    one_way = _irreversible(env, target, image, start="head", end=current, pending=pending)
     problems += [(revision, reason) for revision, reason in one_way.items()]
     refused = [reason for revision, reason in problems if revision not in allowed]
     if refused:
         breaking = sorted({revision for revision, _ in problems} - allowed)
         raise MigrationRefused(
-            f"release refused before any change: {'; '.join(refused)}. If this is intended, "
+            f"pending revisions refused: {'; '.join(refused)}. If this is intended, "
             f"allow it explicitly: allow_breaking={breaking}"
         )
     accepted = [reason for _, reason in problems]
@@ -106,20 +110,23 @@ def check_migrations(
         logger.info("rehearsal is off for this environment (migration_rehearsal=False)")
         return MigrationCheck(pending, accepted, irreversible=sorted(one_way))
     round_trip = not one_way  # an accepted irreversible revision cannot be rehearsed back
-    seconds = rehearse(env, image, current, pending[-1], round_trip)
+    seconds = rehearse(env, target, image, current=current, head=pending[-1], round_trip=round_trip)
     return MigrationCheck(pending, accepted, seconds, irreversible=sorted(one_way))
 
 
 def _irreversible(
     env: ReleaseEnvironment,
+    target: Target,
     image: str,
+    *,
     start: str,
     end: str | None,
     pending: list[str] | None = None,
 ) -> dict[str, str]:
     """Revisions (`pending`, or all on the way) whose downgrade from `start` to `end`
     raises or renders nothing, with the reason."""
-    downgrade = render_offline_sql(env, image, "downgrade", f"{start}:{end or 'base'}")
+    revisions = f"{start}:{end or 'base'}"
+    downgrade = render_offline_sql(env, target, image, verb="downgrade", revisions=revisions)
     rendered = split_revisions(downgrade.sql)
     reasons = {}
     checked = [r.revision for r in rendered] if pending is None else pending
@@ -141,16 +148,18 @@ def _irreversible(
 
 
 @task(name="check-downgrade", cache_policy=NO_CACHE, **transient_retries(2))
-def check_downgrade(env: ReleaseEnvironment, image: str, current: str, target: str | None) -> None:
+def check_downgrade(
+    env: ReleaseEnvironment, target: Target, image: str, *, current: str, revision: str | None
+) -> None:
     """Before a restore of an earlier release changes anything: `image` (what runs now,
-    it knows the newer revisions) can take the schema from `current` down to `target`, and
+    it knows the newer revisions) can take the schema from `current` down to `revision`, and
     every revision on the way really downgrades."""
-    if one_way := _irreversible(env, image, current, target):
+    if one_way := _irreversible(env, target, image, start=current, end=revision):
         raise MigrationRefused(
-            f"restore refused before any change: {'; '.join(one_way.values())}. Restore the "
+            f"the way back is refused: {'; '.join(one_way.values())}. Restore the "
             "database from a backup instead, or roll forward"
         )
-    get_run_logger().info(f"schema can go back from {current} to {target or 'base'}")
+    get_run_logger().info(f"schema can go back from {current} to {revision or 'base'}")
 
 
 # The rehearsal proves which database it talks to before it changes anything: the scratch
@@ -176,7 +185,13 @@ class RehearsalNotIsolated(ConfigurationError):
 
 
 def rehearse(
-    env: ReleaseEnvironment, image: str, current: str | None, head: str, round_trip: bool
+    env: ReleaseEnvironment,
+    target: Target,
+    image: str,
+    *,
+    current: str | None,
+    head: str,
+    round_trip: bool,
 ) -> float:
     """upgrade head -> downgrade current -> upgrade head on a scratch database holding the
     current schema; the seconds it took. Refuses unless the one-off proves it talks to the
@@ -195,7 +210,7 @@ def rehearse(
         script = _REHEARSE_SCRIPT.format(
             not_scratch=_NOT_SCRATCH_MARKER, code=NOT_SCRATCH, marker=_STEP_MARKER
         )
-        result = connect_target(env).run_oneoff(
+        result = target.run_oneoff(
             image,
             ["sh", "-c", script, "rehearse", *steps],
             env={
@@ -215,7 +230,7 @@ def rehearse(
         )
     if result.exit_code == NOT_SCRATCH or _NOT_SCRATCH_MARKER in result.output:
         raise RehearsalNotIsolated(
-            "migration rehearsal refused, nothing was changed: the application in "
+            "migration rehearsal refused: the application in "
             f"{image} did not connect to the scratch database through "
             f"{', '.join(env.database_variables().names)} (`alembic current` did not see the "
             f"marker revision). {_database_hint(env)}"

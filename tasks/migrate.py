@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.environment import ReleaseEnvironment, connect_target
+from blocks.environment import ReleaseEnvironment
+from targets.base import Target
 from targets.database import connection_lost, read_revision
 from targets.errors import MigrationFailed, TransientError
 from tasks.retry import transient_retries
@@ -19,41 +20,42 @@ class MigrationResult:
     before: str | None
     after: str | None
 
-    @property
-    def changed(self) -> bool:
-        return self.before != self.after
-
 
 @task(name="migrate", cache_policy=NO_CACHE, **transient_retries(2))
-def migrate(env: ReleaseEnvironment, image: str) -> MigrationResult:
+def migrate(env: ReleaseEnvironment, target: Target, image: str) -> MigrationResult:
     """`alembic upgrade head` in a one-off container of `image`. Each revision commits on
     its own, so a failure leaves the schema at the last revision that completed; a lost
     database connection is retried (the revision in flight was rolled back)."""
-    return _run_alembic(env, image, env.migrate_command, "upgrade")
+    return _run_alembic(env, target, image, env.migrate_command, "upgrade")
 
 
 @task(name="downgrade-schema", cache_policy=NO_CACHE, **transient_retries(2))
-def downgrade(env: ReleaseEnvironment, image: str, revision: str | None) -> MigrationResult:
+def downgrade(
+    env: ReleaseEnvironment, target: Target, image: str, revision: str | None
+) -> MigrationResult:
     """Downgrade to exactly `revision` (None: base) with `image`'s migration scripts: the
     new image knows the revisions to undo; the old one does not."""
-    return _run_alembic(env, image, ["alembic", "downgrade", revision or "base"], "downgrade")
+    command = ["alembic", "downgrade", revision or "base"]
+    return _run_alembic(env, target, image, command, "downgrade")
 
 
 @task(name="upgrade-schema", cache_policy=NO_CACHE, **transient_retries(2))
-def upgrade_to(env: ReleaseEnvironment, image: str, revision: str) -> MigrationResult:
+def upgrade_to(
+    env: ReleaseEnvironment, target: Target, image: str, revision: str
+) -> MigrationResult:
     """Upgrade to exactly `revision` with `image`'s migration scripts: how a failed restore
     of an earlier release puts back the schema it had downgraded."""
-    return _run_alembic(env, image, ["alembic", "upgrade", revision], "upgrade")
+    return _run_alembic(env, target, image, ["alembic", "upgrade", revision], "upgrade")
 
 
 def _run_alembic(
-    env: ReleaseEnvironment, image: str, command: list[str], verb: str
+    env: ReleaseEnvironment, target: Target, image: str, command: list[str], verb: str
 ) -> MigrationResult:
     logger = get_run_logger()
     url = env.database_url_value()
     before = read_revision(url)
     logger.info(f"schema at {before or 'base (empty)'}: running {' '.join(command)} in {image}")
-    result = connect_target(env).run_oneoff(
+    result = target.run_oneoff(
         image,
         command,
         env={"PGOPTIONS": migration_pg_options(env)},
@@ -109,12 +111,12 @@ _STDERR_MARKER = "-- alembic failed; its log follows"
 
 
 def render_offline_sql(
-    env: ReleaseEnvironment, image: str, verb: str, revisions: str
+    env: ReleaseEnvironment, target: Target, image: str, *, verb: str, revisions: str
 ) -> OfflineSql:
     """`alembic VERB REVISIONS --sql` in a one-off container of `image`: the SQL the
     revisions would run, without touching the database."""
     script = _RENDER_SCRIPT.format(started=_STARTED_MARKER, marker=_STDERR_MARKER)
-    result = connect_target(env).run_oneoff(
+    result = target.run_oneoff(
         image,
         ["sh", "-c", script, "alembic", verb, revisions, "--sql"],
         env={},

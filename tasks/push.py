@@ -1,13 +1,15 @@
 """push: log in with the registry credentials block, push, return the pinned digest."""
 
+from contextlib import closing
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect_docker import DockerHost, DockerRegistryCredentials
 
+from blocks.docker_engine import engine_client
 from blocks.environment import ReleaseEnvironment, confirm_push
-from targets.engine import login, push_image, registry_auth, resolve_image
 from targets.images import parse_image_reference
-from tasks.engine import engine_client
+from targets.registry import login, push_image, registry_auth, resolve_image
 from tasks.retry import transient_retries
 
 
@@ -22,7 +24,7 @@ def push(
     logger = get_run_logger()
     ref = parse_image_reference(reference)
     auth = None
-    with engine_client(docker_host) as client:
+    with closing(engine_client(docker_host)) as client:
         if credentials is not None:
             auth = registry_auth(credentials.username, credentials.password.get_secret_value())
             login(client, credentials.registry_url or ref.registry or "", auth)
@@ -43,7 +45,7 @@ def resolve(
     auth = None
     if credentials is not None:
         auth = registry_auth(credentials.username, credentials.password.get_secret_value())
-    with engine_client(docker_host) as client:
+    with closing(engine_client(docker_host)) as client:
         pinned, version = resolve_image(client, reference, auth)
     get_run_logger().info(f"releasing existing image {pinned} (version {version})")
     return pinned, version

@@ -7,7 +7,8 @@ import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from blocks.environment import ReleaseEnvironment, connect_target
+from blocks.environment import ReleaseEnvironment
+from targets.base import Target
 from targets.errors import StepFailed
 
 
@@ -51,9 +52,8 @@ def _probe(client: httpx.Client, url: str, expected_version: str) -> tuple[bool,
 
 
 @task(name="verify-workers", cache_policy=NO_CACHE)
-def verify_workers(env: ReleaseEnvironment, image: str, count: int) -> None:
+def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: int) -> None:
     logger = get_run_logger()
-    target = connect_target(env)
     deadline = time.monotonic() + env.worker_budget_seconds
     while True:
         health = target.workers_alive(image, count)

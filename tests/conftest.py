@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.environment import ReleaseEnvironment  # noqa: E402
-from targets.engine import build_image, login, push_image, registry_auth  # noqa: E402
+from targets.build import build_image  # noqa: E402
+from targets.registry import login, push_image, registry_auth  # noqa: E402
 from tests import services  # noqa: E402
 from tests.backend import BACKEND, TEST_REPOSITORY, backend_context  # noqa: E402, F401
 from tests.releases import local_environment, remove_containers  # noqa: E402

@@ -1,14 +1,18 @@
 """Helpers for tests that run the release flow and check what a user would."""
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
+import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
+from flows.errors import ReleaseFailed
 from flows.release import release
 from targets.database import read_revision
 from targets.docker_host import L_ENV, L_SERVICE, L_VERSION
@@ -75,3 +79,13 @@ def local_environment(pg, registry, database: str, **overrides) -> ReleaseEnviro
 def remove_containers(engine, environment: str) -> None:
     for container in engine.containers.list(all=True, filters={"label": f"{L_ENV}={environment}"}):
         container.remove(force=True)
+
+
+@contextmanager
+def refused(cause: type[Exception], match: str | None = None) -> Iterator:
+    """A flow call that must fail before changing anything, because of a `cause` error
+    whose text matches `match` (the flows' one error contract: ReleaseFailed)."""
+    with pytest.raises(ReleaseFailed, match=match) as info:
+        yield info
+    assert isinstance(info.value.cause, cause), repr(info.value.cause)
+    assert not info.value.changed

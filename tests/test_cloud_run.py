@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import connect_target
-from flows.release import ReleaseFailed
+from flows.errors import ReleaseFailed
 from flows.release import release as release_flow
-from targets.engine import login, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from targets.registry import login, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, rehearse
 from tests import services
 from tests.fakes.cloud_run import FakeCloudRun
@@ -313,10 +313,11 @@ def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
     old_way = make_env(database, env={"SQLALCHEMY_DATABASE_URL": pg.url(database)}, **cloud_run)
     named = make_env(database, database_url_variables=["SQLALCHEMY_DATABASE_URL"], **cloud_run)
     rehearsal = task(rehearse)
+    scratch_round_trip = dict(current=None, head="0003", round_trip=True)
 
     with pytest.raises(RehearsalNotIsolated, match="It most likely reads SQLALCHEMY_DATABASE_URL"):
-        rehearsal(old_way, image, None, "0003", round_trip=True)
+        rehearsal(old_way, connect_target(old_way), image, **scratch_round_trip)
     assert schema(pg, database) is None
 
-    assert rehearsal(named, image, None, "0003", round_trip=True) > 0
+    assert rehearsal(named, connect_target(named), image, **scratch_round_trip) > 0
     assert schema(pg, database) is None  # rehearsed on the scratch database only

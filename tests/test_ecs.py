@@ -14,18 +14,19 @@ import httpx
 import pytest
 
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
-from blocks.environment import ReleaseEnvironment
-from flows.record import load_record
-from flows.release import ReleaseFailed, release
+from blocks.environment import ReleaseEnvironment, connect_target
+from flows.errors import ReleaseFailed
+from flows.lock import in_flight
+from flows.release import release
 from targets.base import TargetState
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget
-from targets.engine import login, push_image, registry_auth
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
+from targets.registry import login, push_image, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
 from tests.conftest import TEST_REPOSITORY, backend_context
 from tests.fakes.ecs import REGION, FakeEcs
-from tests.releases import release_from, schema, task_run_counts
+from tests.releases import refused, release_from, schema, task_run_counts
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker]
 
@@ -412,7 +413,7 @@ def test_flow_releases_v1_then_v2_as_new_revisions_through_throttling(
     # (its DATABASE_URL secret removed: the scratch database comes as an override) and one
     # for the API; retries add none.
     assert len(stack.revisions()) == len(revisions) + 3
-    assert load_record(env.environment) is None
+    assert in_flight(env.environment) is None
 
 
 @pytest.mark.faults
@@ -435,7 +436,7 @@ def test_flow_rolls_an_unhealthy_release_back_to_the_previous_revisions(
     assert stack.health() == {"status": "ok", "version": "ecs-v1", "database": True}
     assert schema(pg, stack.database) == "0002"
     assert pg.query(stack.database, "select name from projects") == [("v1 data",)]
-    assert load_record(env.environment) is None
+    assert in_flight(env.environment) is None
 
 
 @pytest.mark.faults
@@ -464,11 +465,11 @@ def test_access_denied_fails_the_release_before_any_change(ecs_environment, stac
     before, revisions = stack.target().read_state(), stack.revisions()
 
     stack.fake.deny()  # e.g. revoked keys: the first call, the ECR token for the push, fails
-    with pytest.raises(AuthenticationError, match="GetAuthorizationToken") as revoked:
+    with refused(AuthenticationError, match="GetAuthorizationToken") as revoked:
         release_from(env, tmp_path, "ecs-flow-denied")
     stack.fake.clear_faults()
     stack.fake.deny("DescribeServices")  # a policy without ECS read access: the preflight fails
-    with pytest.raises(AuthenticationError, match="DescribeServices") as no_ecs:
+    with refused(AuthenticationError, match="DescribeServices") as no_ecs:
         release_from(env, tmp_path, "ecs-flow-denied")
     stack.fake.clear_faults()
 
@@ -479,7 +480,7 @@ def test_access_denied_fails_the_release_before_any_change(ecs_environment, stac
     assert stack.target().read_state() == before
     assert stack.health()["version"] == "ecs-v1"
     assert schema(pg, stack.database) is None
-    assert load_record(env.environment) is None
+    assert in_flight(env.environment) is None
 
 
 @pytest.mark.migrations
@@ -504,11 +505,12 @@ def test_the_rehearsal_task_proves_it_talks_to_the_scratch_database(
     )
 
     with pytest.raises(RehearsalNotIsolated, match="database_url_variables"):
-        check_migrations(ecs_environment(), image, None)
+        old_way = ecs_environment()
+        check_migrations(old_way, connect_target(old_way), image, current=None)
     assert schema(pg, stack.database) is None
 
     named = ecs_environment(database_url_variables=["SQLALCHEMY_DATABASE_URL"])
-    check = check_migrations(named, image, None)
+    check = check_migrations(named, connect_target(named), image, current=None)
 
     assert check.pending == ["0001", "0002", "0003"] and check.rehearsal_seconds > 0
     assert schema(pg, stack.database) is None  # rehearsed on the scratch database only

@@ -24,8 +24,9 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from prefect_docker import DockerHost, DockerRegistryCredentials
 
-from flows.record import load_record
-from flows.release import ReleaseFailed, release
+from flows.errors import ReleaseFailed
+from flows.lock import in_flight
+from flows.release import release
 from flows.rollback import rollback
 from targets.docker_host import L_ENV, L_IMAGE, L_SERVICE, L_VERSION
 from targets.errors import ConfigurationError, TransientError
@@ -77,7 +78,7 @@ def assert_serving(env, engine, pg, database, version: str, revision: str) -> No
     assert [w.labels[L_VERSION] for w in running(engine, env, "worker")] == [version] * 2
     assert schema(pg, database) == revision
     assert pg.query(database, "select name from projects order by id") == [(n,) for n in ROWS]
-    assert load_record(env.environment) is None  # the next release may start
+    assert in_flight(env.environment) is None  # the next release may start
 
 
 def containers(engine, env) -> list[tuple[str, str]]:
@@ -148,7 +149,7 @@ def test_registry_down_for_good_fails_before_any_change(
     state = release_v2(env, tmp_path)
 
     error = failure(state)
-    assert isinstance(error, TransientError)
+    assert isinstance(error.cause, TransientError) and not error.changed
     assert f"registry {closed} is unavailable" in str(error)
     assert "connection refused" in str(error)
     counts = task_run_counts(state.state_details.flow_run_id)
@@ -218,7 +219,7 @@ def test_a_failing_rollback_says_what_state_the_environment_is_in(
     assert "Environment now: API 1 x v1" in message
     assert "workers nothing running" in message
     assert "schema at 0003" in message
-    assert load_record(env.environment) is not None  # kept for a second attempt
+    assert in_flight(env.environment) is not None  # kept for a second attempt
 
     engine_proxy.clear()
     rollback(env.environment)
@@ -360,7 +361,7 @@ def test_a_release_killed_midway_is_undone_by_the_rollback_flow(
     SEEN.append(output.read_text())
     assert child.returncode == -signal.SIGKILL
     assert schema(pg, database) == "0003"  # left half-done: migrated, v2 API created
-    assert load_record(env.environment).compensations
+    assert in_flight(env.environment).compensations
 
     restored = rollback(env.environment)
 
@@ -386,14 +387,15 @@ def test_two_releases_started_together_one_runs_the_other_is_refused(
     [winner] = [v for v, s in states.items() if s.is_completed()]
     [loser] = [v for v, s in states.items() if not s.is_completed()]
     refused = failure(states[loser])
-    assert isinstance(refused, ConfigurationError)
+    assert isinstance(refused.cause, ConfigurationError) and not refused.changed
     assert "already in flight" in str(refused)
     assert task_run_counts(states[loser].state_details.flow_run_id) == {}  # changed nothing
     assert_serving(env, engine, pg, database, winner, "0003")
 
 
 def test_no_secret_in_any_log_artifact_state_or_error(pg, registry):
-    """Runs last: everything the fault tests above made a user could read."""
+    """Runs last: everything the fault tests above made a user could read (flow-run
+    parameters too: the compensating subflow takes the environment block)."""
     secrets = {"registry password": registry.password, "PostgreSQL password": pg.password}
     secrets |= {f"database URL {i}": url for i, url in enumerate(DATABASE_URLS)}
     texts = list(SEEN)
@@ -404,6 +406,7 @@ def test_no_secret_in_any_log_artifact_state_or_error(pg, registry):
     texts += [log.message for log in logs]
     texts += [json.dumps(a.data) + json.dumps(a.description or "") for a in artifacts]
     texts += [run.state.message or "" for run in runs if run.state]
+    texts += [json.dumps(run.parameters, default=str) for run in runs if hasattr(run, "parameters")]
 
     assert len(logs) > 500 and len(artifacts) > 10 and len(SEEN) > 10  # really read them
     assert all(len(secret) >= 8 for secret in secrets.values())

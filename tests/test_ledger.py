@@ -9,29 +9,28 @@ import httpx
 import pytest
 from prefect import task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 
+from flows.errors import ReleaseFailed
+from flows.lock import in_flight
 from flows.plan import plan
-from flows.record import load_record
-from flows.release import ReleaseFailed, release
+from flows.release import release
 from flows.rollback import rollback
 from flows.status import status
 from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError, StepFailed
 from tests.backend import backend_context
-from tests.releases import release_from, schema, served_version, worker_versions
+from tests.releases import refused, release_from, schema, served_version, worker_versions
 
 pytestmark = pytest.mark.docker
 
 
 def history(env) -> list:
     """The environment's ledger, oldest first."""
-    ledger = Ledger(env.database_url_value())
-    try:
+    with Ledger(env.database_url_value()) as ledger:
         return list(reversed(ledger.history(env.environment)))
-    finally:
-        ledger.dispose()
 
 
 def everything(engine, pg, database, env) -> dict:
@@ -41,7 +40,7 @@ def everything(engine, pg, database, env) -> dict:
         "containers": sorted((c.name, c.id, c.status) for c in containers),
         "schema": schema(pg, database),
         "ledger": [(e.id, e.outcome) for e in history(env)],
-        "record": load_record(env.environment),
+        "record": in_flight(env.environment),
     }
 
 
@@ -65,7 +64,8 @@ def test_the_ledger_records_success_no_op_rollback_and_failed_rollback(
     def engine_gone(*args, **kwargs):
         raise StepFailed("the Docker engine stopped answering")
 
-    monkeypatch.setattr("flows.undo.restore_workers", task(name="restore-workers")(engine_gone))
+    failing = task(name="restore-workers", cache_policy=NO_CACHE)(engine_gone)
+    monkeypatch.setattr("flows.compensate.restore_workers", failing)
     with pytest.raises(ReleaseFailed):
         release_from(environment, tmp_path, "v3", head="0003", fail_health="1")
     monkeypatch.undo()
@@ -78,8 +78,8 @@ def test_the_ledger_records_success_no_op_rollback_and_failed_rollback(
     assert (released.workers_before, released.workers_after) == (0, 2)
     assert released.started_by == "python"
     assert released.source.startswith(str(tmp_path / "v1"))
-    assert {s["name"] for s in released.steps} >= {"build", "push", "migrate", "verify-api"}
-    assert all(s["seconds"] is not None for s in released.steps)
+    assert {s.name for s in released.steps} >= {"build", "push", "migrate", "verify-api"}
+    assert all(s.seconds is not None for s in released.steps)
     assert released.flow_run_url and released.flow_run_url.endswith(released.flow_run_id)
     assert noop.version == "v1" and noop.message == again["message"]
     assert rolled_back.version == "v2" and rolled_back.previous_version == "v1"
@@ -150,7 +150,7 @@ def test_rollback_puts_back_the_previous_release_or_the_one_asked_for(
         ("restored", "v1", "0001"),
     ]
     assert status([environment.environment])[0]["state"] == "in sync"
-    with pytest.raises(ConfigurationError, match="no release.*'nosuchid'"):
+    with refused(ConfigurationError, match="no release.*'nosuchid'"):
         rollback(environment.environment, to="nosuchid")
 
 
@@ -230,7 +230,7 @@ def test_a_missing_notification_block_fails_before_any_change(environment, engin
     environment.notification_block = "custom-webhook/nobody-made-this"
     environment.save(environment.environment, overwrite=True)
 
-    with pytest.raises(ConfigurationError, match="notification block 'custom-webhook/nobody"):
+    with refused(ConfigurationError, match="notification block 'custom-webhook/nobody"):
         release_from(environment, tmp_path, "v1")
 
     assert (

@@ -1,6 +1,7 @@
 import pytest
 from prefect.blocks.system import Secret
 
+from blocks.environment import connect_target
 from targets.database import alembic_in_process, read_revision
 from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError, MigrationFailed
@@ -18,7 +19,7 @@ def tables(pg, database) -> set[str]:
 
 def test_migrate_from_empty_runs_the_new_image_to_head(pg, database, make_env, build_backend):
     env = make_env(database)
-    result = migrate(env, build_backend("m-v3"))
+    result = migrate(env, connect_target(env), build_backend("m-v3"))
     assert (result.before, result.after) == (None, "0003")
     assert {"projects", "test_sets", "alembic_version"} <= tables(pg, database)
 
@@ -28,15 +29,17 @@ def test_migrate_from_a_middle_revision(pg, database, make_env, build_backend):
     alembic_in_process(str(BACKEND / "migrations"), url, "upgrade", "0001")
     assert read_revision(url) == "0001"
 
-    result = migrate(make_env(database), build_backend("m-v3"))
+    env = make_env(database)
+    result = migrate(env, connect_target(env), build_backend("m-v3"))
 
     assert (result.before, result.after) == ("0001", "0003")
 
 
 def test_failed_migration_stops_at_the_last_good_revision(pg, database, make_env, build_backend):
     broken = build_backend("m-broken", fail_migration="0002")
+    env = make_env(database)
     with pytest.raises(MigrationFailed) as info:
-        migrate(make_env(database), broken)
+        migrate(env, connect_target(env), broken)
     error = info.value
     assert (error.before, error.after) == (None, "0001")
     assert "left at 0001" in str(error)
@@ -48,10 +51,11 @@ def test_failed_migration_stops_at_the_last_good_revision(pg, database, make_env
 def test_downgrade_lands_on_the_exact_revision(pg, database, make_env, build_backend):
     env = make_env(database)
     image = build_backend("m-v3")
-    migrate(env, image)
+    target = connect_target(env)
+    migrate(env, target, image)
     pg.query(database, "insert into projects (name) values ('kept') returning id")
 
-    result = downgrade(env, image, "0001")
+    result = downgrade(env, target, image, "0001")
 
     assert (result.before, result.after) == ("0003", "0001")
     assert pg.query(database, "select name from projects") == [("kept",)]
@@ -62,7 +66,7 @@ def test_unknown_database_host_is_a_clear_error(make_env, database, build_backen
     mine = {"label": f"{L_ENV}={env.environment}"}
 
     with pytest.raises(ConfigurationError, match="host .* is unknown.*Secret block") as info:
-        migrate(env, build_backend("m-v3"))
+        migrate(env, connect_target(env), build_backend("m-v3"))
 
     assert "s3cr3t" not in str(info.value)
     assert engine.containers.list(all=True, filters=mine) == []  # nothing was started

@@ -8,17 +8,20 @@ import httpx
 import psycopg
 import pytest
 
-from flows.record import load_record
-from flows.release import ReleaseFailed, release
+from blocks.environment import connect_target
+from flows.errors import ReleaseFailed
+from flows.lock import in_flight
+from flows.release import release
+from targets.build import build_image
 from targets.database import alembic_in_process, read_revision
 from targets.docker_host import L_ENV
-from targets.engine import build_image, push_image, registry_auth
 from targets.errors import StepFailed
 from targets.migration_lint import lint, split_revisions
+from targets.registry import push_image, registry_auth
 from tasks.check_migrations import MigrationRefused, check_migrations
 from tasks.migrate import render_offline_sql
 from tests.conftest import BACKEND, TEST_REPOSITORY, backend_context
-from tests.releases import schema, served_version
+from tests.releases import refused, schema, served_version
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
 
@@ -191,7 +194,10 @@ def containers(engine, env) -> list[str]:
 
 
 def test_each_rule_is_caught_and_its_safe_alternative_passes(make_env, database, image):
-    rendered = render_offline_sql(make_env(database), image("ms-samples"), "upgrade", "0003:head")
+    env = make_env(database)
+    rendered = render_offline_sql(
+        env, connect_target(env), image("ms-samples"), verb="upgrade", revisions="0003:head"
+    )
     assert rendered.error is None
     revisions = split_revisions(rendered.sql)
     findings = lint(revisions)
@@ -214,7 +220,7 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     release(environment.environment, image=build_backend("m-v3"))
     before = containers(engine, environment)
 
-    with pytest.raises(MigrationRefused) as info:
+    with refused(MigrationRefused) as info:
         release(environment.environment, image=image("ms-breaking"))
 
     message = str(info.value)
@@ -225,10 +231,16 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert schema(pg, database) == "0003"
     assert "description" in columns(pg, database, "projects")
     assert served_version(environment) == "m-v3"
-    assert load_record(environment.environment) is None
+    assert in_flight(environment.environment) is None
     assert rehearsal_databases(pg, database) == []
 
-    accepted = check_migrations(environment, image("ms-breaking"), "0003", ["0004"])
+    accepted = check_migrations(
+        environment,
+        connect_target(environment),
+        image("ms-breaking"),
+        current="0003",
+        allow_breaking=["0004"],
+    )
 
     assert accepted.pending == ["0004"] and "drop column" in accepted.accepted[0]
     assert accepted.rehearsal_seconds > 0
@@ -241,7 +253,7 @@ def test_an_image_older_than_the_schema_is_refused_with_nothing_changed(
     release(environment.environment, image=build_backend("m-v3"))
     before = containers(engine, environment)
 
-    with pytest.raises(MigrationRefused) as info:
+    with refused(MigrationRefused) as info:
         release(environment.environment, image=build_backend("m-v2", head="0002"))
 
     assert "the database is at revision 0003, which" in str(info.value)
@@ -255,7 +267,8 @@ def test_irreversible_revisions_are_named_before_the_release_starts(
     make_env, pg, database, at_0003, image
 ):
     with pytest.raises(MigrationRefused) as info:
-        check_migrations(make_env(database), image("ms-one-way"), "0003")
+        env = make_env(database)
+        check_migrations(env, connect_target(env), image("ms-one-way"), current="0003")
 
     message = str(info.value)
     assert "revision 0004 is irreversible: its downgrade raises (NotImplementedError" in message
@@ -267,7 +280,8 @@ def test_irreversible_revisions_are_named_before_the_release_starts(
 
 def test_rehearsal_catches_a_broken_downgrade(make_env, pg, database, at_0003, image):
     with pytest.raises(StepFailed) as info:
-        check_migrations(make_env(database), image("ms-bad-downgrade"), "0003")
+        env = make_env(database)
+        check_migrations(env, connect_target(env), image("ms-bad-downgrade"), current="0003")
 
     message = str(info.value)
     assert "rehearsal on a scratch copy of the schema failed at `alembic downgrade 0003`" in message
@@ -319,7 +333,7 @@ def test_rollback_refuses_to_downgrade_through_an_accepted_irreversible_revision
     assert "schema NOT downgraded: revision(s) 0004 were released as irreversible" in message
     assert schema(pg, database) == "0004"  # nothing dropped behind anyone's back
     assert served_version(environment) == "m-v3"
-    assert load_record(environment.environment) is None  # the next release may start
+    assert in_flight(environment.environment) is None  # the next release may start
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ old way it refuses, and the real database keeps its revision, tables and rows.""
 import httpx
 import pytest
 
+from flows.lock import in_flight
 from flows.plan import plan
-from flows.record import load_record
 from flows.release import release
 from targets.database import alembic_in_process
 from tasks.check_migrations import RehearsalNotIsolated
 from tests.backend import BACKEND, URL_PARTS
-from tests.releases import running, schema, served_version
+from tests.releases import refused, running, schema, served_version
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
 
@@ -59,19 +59,20 @@ def test_configured_the_old_way_plan_and_release_refuse_and_the_database_is_unto
     env = make_env(database, worker_count=0, env=plain)
     env.save(env.environment, overwrite=True)
 
-    with pytest.raises(RehearsalNotIsolated) as planned:
+    with refused(RehearsalNotIsolated) as planned:
         plan(env.environment, image=image)
-    with pytest.raises(RehearsalNotIsolated) as released:
+    with refused(RehearsalNotIsolated) as released:
         release(env.environment, image=image)
 
     for refusal in (str(planned.value), str(released.value)):
-        assert "migration rehearsal refused, nothing was changed" in refusal
+        assert "migration rehearsal refused: the application in" in refusal
+        assert refusal.endswith("Nothing was changed.")
         assert f"It most likely reads {', '.join(sorted(plain))}" in refusal
         assert "list it in `database_url_variables`" in refusal
         assert pg.password not in refusal
     assert application_data(pg, database) == at_0002_with_rows
     assert running(engine, env, "api") == []
-    assert load_record(env.environment) is None
+    assert in_flight(env.environment) is None
 
 
 def test_configured_the_old_way_a_first_release_leaves_an_empty_database_empty(
@@ -81,7 +82,7 @@ def test_configured_the_old_way_a_first_release_leaves_an_empty_database_empty(
     env = make_env(database, worker_count=0, env={"SQLALCHEMY_DATABASE_URL": pg.url(database)})
     env.save(env.environment, overwrite=True)
 
-    with pytest.raises(RehearsalNotIsolated):
+    with refused(RehearsalNotIsolated):
         release(env.environment, image=image)
 
     assert application_data(pg, database) == {"revision": None, "columns": [], "rows": {}}

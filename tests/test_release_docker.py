@@ -3,12 +3,12 @@
 import pytest
 from prefect_docker import DockerRegistryCredentials
 
-from flows.record import load_record
+from flows.lock import in_flight
 from flows.release import release
 from targets.docker_host import L_ENV, L_VERSION
 from targets.errors import AuthenticationError, ConfigurationError
 from tests.conftest import backend_context
-from tests.releases import release_from, running, schema, served_version
+from tests.releases import refused, release_from, running, schema, served_version
 
 pytestmark = pytest.mark.docker
 
@@ -53,11 +53,11 @@ def test_bad_input_fails_before_any_mutation(environment, engine, pg, database, 
     mine = {"label": f"{L_ENV}={environment.environment}"}
     before = sorted(c.id for c in engine.containers.list(all=True, filters=mine))
 
-    with pytest.raises(ConfigurationError, match="unknown environment 'nowhere'"):
+    with refused(ConfigurationError, match="unknown environment 'nowhere'"):
         release("nowhere", source=str(tmp_path))
-    with pytest.raises(ConfigurationError, match="invalid image reference"):
+    with refused(ConfigurationError, match="invalid image reference"):
         release(environment.environment, image="127.0.0.1:5000/Tests/Backend:v2")
-    with pytest.raises(ConfigurationError, match="build context .* does not exist"):
+    with refused(ConfigurationError, match="build context .* does not exist"):
         release(environment.environment, source=str(tmp_path / "missing"))
     wrong = environment.model_copy(
         update={
@@ -69,10 +69,10 @@ def test_bad_input_fails_before_any_mutation(environment, engine, pg, database, 
         }
     )
     wrong.save(environment.environment, overwrite=True)
-    with pytest.raises(AuthenticationError, match="refused the credentials"):
+    with refused(AuthenticationError, match="refused the credentials"):
         release_from(environment, tmp_path, "v2", head="0003")
 
     assert sorted(c.id for c in engine.containers.list(all=True, filters=mine)) == before
     assert schema(pg, database) == "0002"
     assert served_version(environment) == "v1"
-    assert load_record(environment.environment) is None
+    assert in_flight(environment.environment) is None

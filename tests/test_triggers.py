@@ -40,7 +40,7 @@ from deployments.push_events import (
 )
 from ledger.store import Ledger
 from targets.docker_host import L_ENV
-from targets.engine import login, push_image, registry_auth
+from targets.registry import login, push_image, registry_auth
 from tests import services
 from tests.stack import (
     VENV_BIN,
@@ -330,13 +330,10 @@ def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed):
 
 def test_the_ledger_says_an_event_started_it_and_status_runs_from_the_cli(stack, pushed):
     env, _, digest, flow_run = pushed
-    ledger = Ledger(env.database_url_value())
-    try:
+    with Ledger(env.database_url_value()) as ledger:
         [entry] = [
             e for e in ledger.history(env.environment) if e.image and e.image.endswith(digest)
         ]
-    finally:
-        ledger.dispose()
     assert (entry.started_by, entry.outcome) == ("event", "released")
 
     output = run(
@@ -515,7 +512,7 @@ def test_no_approval_in_time_ends_the_release_without_changes(
     [release] = subflows(stack, done.id)
     assert release.state.is_failed()
     # The server may mark the expired pause failed first; the release's own log says why.
-    assert "within 3 s: the release ends without changing anything" in logs(stack, release.id)
+    assert "within 3 s. Nothing was changed." in logs(stack, release.id)
     assert engine.containers.list(all=True, filters={"label": f"{L_ENV}={env.environment}"}) == []
 
 
