@@ -146,6 +146,12 @@ class ReleaseEnvironment(Block):
         description="How long a release waits for its approval; then it ends without "
         "changing anything.",
     )
+    # Image pushes (the event bridge).
+    push_routes: list[str] = Field(
+        default_factory=list,
+        description="Pushed images the event bridge releases to this environment: "
+        "shell-style patterns on 'registry/repository:tag', e.g. ['*/rhesis/backend:main-*'].",
+    )
     # Notifications.
     notification_block: str | None = Field(
         default=None,

@@ -27,10 +27,11 @@ class NotApproved(ReleaseError):
     """Nobody approved the release in time; nothing was changed."""
 
 
-def approve(env: ReleaseEnvironment, version: str, image: str) -> None:
-    """Return once the release is approved (at once where none is required)."""
+def approve(env: ReleaseEnvironment, version: str, image: str) -> str | None:
+    """Return, once the release is approved, who approved it (and why); None at once where
+    no approval is required."""
     if not env.require_approval:
-        return
+        return None
     logger = get_run_logger()
     timeout = int(env.approval_timeout_seconds)
     logger.info(
@@ -48,7 +49,6 @@ def approve(env: ReleaseEnvironment, version: str, image: str) -> None:
         raise NotApproved(
             f"nobody approved releasing {version} to {env.environment} within {timeout} s"
         ) from None
-    comment = f" ({approval.comment})" if approval.comment else ""
-    logger.info(
-        f"releasing {version} to {env.environment}: approved by {approval.approved_by}{comment}"
-    )
+    approver = approval.approved_by + (f" ({approval.comment})" if approval.comment else "")
+    logger.info(f"releasing {version} to {env.environment}: approved by {approver}")
+    return approver

@@ -84,7 +84,7 @@ def release(
             allow_breaking=request.allow_breaking,
         )
         saga.record.irreversible = check.irreversible
-        approve(env, prepared.version, prepared.image)
+        saga.record.approved_by = approve(env, prepared.version, prepared.image)
         migration = saga.step(
             "migrate", migrate, env, saga.target, prepared.image, compensation=Compensation.SCHEMA
         )

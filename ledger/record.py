@@ -83,6 +83,7 @@ class ReleaseRecord(BaseModel):
     compensations: list[Compensation] = Field(default_factory=list)
     schema_undo: Literal["downgrade", "upgrade"] = "downgrade"
     irreversible: list[str] = Field(default_factory=list)
+    approved_by: str | None = None  # who approved it (and their comment), where required
     # How it went.
     steps: list[Step] = Field(default_factory=list)
     outcome: str = IN_PROGRESS

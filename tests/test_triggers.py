@@ -496,6 +496,8 @@ def test_production_waits_for_an_approval_and_logs_who_approved(
     completed(stack, flow_run)
     assert served_version(env) == "trg-v1"
     assert "approved by alice (go)" in logs(stack, release.id)
+    with Ledger(env.database_url_value()) as ledger:
+        assert ledger.history(env.environment)[0].approved_by == "alice (go)"
 
 
 def test_no_approval_in_time_ends_the_release_without_changes(
