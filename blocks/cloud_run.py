@@ -13,6 +13,7 @@ from prefect_docker import DockerRegistryCredentials
 from prefect_gcp import GcpCredentials
 from pydantic import Field, field_validator
 
+from targets.base import Processes
 from targets.cloud_run import CloudRunTarget
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 
@@ -108,7 +109,7 @@ def connect(
     settings: CloudRunSettings | None,
     environment_name: str,
     container_env: dict[str, str],
-    worker_command: list[str] | None = None,
+    processes: Processes | None = None,
 ) -> CloudRunTarget:
     """The Cloud Run adapter for an environment (its `cloud_run` settings block)."""
     if settings is None:
@@ -126,7 +127,7 @@ def connect(
         migration_job=settings.migration_job,
         env={**container_env, "APP_ENVIRONMENT": environment_name},
         cloudsql_instances=settings.cloudsql_instances,
-        worker_command=worker_command,
+        processes=processes,
         api_endpoint=settings.api_endpoint,
         operation_timeout=settings.operation_timeout_seconds,
     )

@@ -6,13 +6,16 @@ It says where a release goes and how to judge it, and references the credential 
 """
 
 import re
+from pathlib import Path
 from typing import Literal
 
+from dotenv import dotenv_values
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect_docker import DockerHost, DockerRegistryCredentials
 from pydantic import Field, field_validator, model_validator
 
+from blocks.application import ApplicationSpec, processes
 from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
@@ -20,8 +23,9 @@ from blocks.docker_engine import engine_client
 from blocks.ecs import EcsSettings, confirm_pushed_image
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
-from targets.base import DEFAULT_WORKER_COMMAND, Target
-from targets.database import DatabaseVariables, UrlPart, check_variable_names
+from blocks.secrets import secret_values
+from targets.base import Target
+from targets.database import DatabaseVariables, check_variable_names
 from targets.docker_host import DockerHostTarget
 from targets.errors import ConfigurationError
 from targets.images import parse_image_reference
@@ -52,27 +56,32 @@ class ReleaseEnvironment(Block):
     registry_credentials: DockerRegistryCredentials | None = Field(
         default=None, description="Login for the image registry (None: no login)."
     )
+    application: ApplicationSpec = Field(
+        default_factory=ApplicationSpec,
+        description="The backend's shape (an Application Spec block, shared by the "
+        "environments that release it): build, commands, ports, Alembic, health, and the "
+        "variables it reads its database from.",
+    )
     database_url: Secret = Field(
-        description="Secret block holding the PostgreSQL URL the backend and migrations use."
-    )
-    database_url_variables: list[str] = Field(
-        default=["DATABASE_URL"],
-        description="Environment variables the application reads the database URL from "
-        "(e.g. ['SQLALCHEMY_DATABASE_URL']). Each gets the URL from `database_url`, and the "
-        "migration rehearsal points every one of them at its scratch database.",
-    )
-    database_url_parts: dict[str, UrlPart] = Field(
-        default_factory=dict,
-        description="For applications that build the URL from parts: variable -> part of "
-        "`database_url` ('user', 'password', 'host', 'port' or 'database'), e.g. "
-        "{'SQLALCHEMY_DB_USER': 'user', 'SQLALCHEMY_DB_PASS': 'password', "
-        "'SQLALCHEMY_DB_HOST': 'host', 'SQLALCHEMY_DB_NAME': 'database'}. The rehearsal "
-        "overrides these too.",
+        description="Secret block holding the PostgreSQL URL the backend and migrations use "
+        "(it reaches the app under the names `application.database` lists)."
     )
     env: dict[str, str] = Field(
         default_factory=dict,
         description="Plain environment variables for every container (no secrets here: "
         "they are stored and shown in clear; the database URL comes from `database_url`).",
+    )
+    env_file: str | None = Field(
+        default=None,
+        description="A file of plain variables (KEY=VALUE lines, as `docker run --env-file` "
+        "reads) on the machine that runs the release; `env` overrides it.",
+    )
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="Secret variables of every container: name -> secret block as "
+        "'<block-type-slug>/<name>' (a Secret, AwsSecret or GcpSecret), e.g. "
+        "{'AUTH0_CLIENT_SECRET': 'secret/rhesis-auth0-client-secret'}. Read when a release "
+        "starts; a missing block fails it before any change.",
     )
     cloud_run: CloudRunSettings | None = Field(
         default=None,
@@ -94,17 +103,22 @@ class ReleaseEnvironment(Block):
     docker_publish_address: str = Field(
         default="127.0.0.1", description="Host address the API port is published on."
     )
-    api_port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    docker_volumes: list[str] = Field(
+        default_factory=list,
+        description="Volumes of every container, as `docker run -v` takes them "
+        "('HOST:CONTAINER[:ro]'), e.g. PostgreSQL's socket directory "
+        "'/var/run/postgresql:/var/run/postgresql'.",
+    )
+    api_port: int = Field(
+        default=8000,
+        ge=1,
+        le=65535,
+        description="Port users reach the API on: with host networking the API listens on it "
+        "(through `application.api.port_variable`), otherwise `application.api.port` is "
+        "published on it.",
+    )
     # Workers and one-off commands.
     worker_count: int = Field(default=1, ge=0, le=100, description="Celery workers to run.")
-    worker_command: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_WORKER_COMMAND),
-        description="Command that starts one worker in the backend image.",
-    )
-    migrate_command: list[str] = Field(
-        default=["alembic", "upgrade", "head"],
-        description="Command that upgrades the schema in the backend image.",
-    )
     migration_timeout_seconds: float = Field(
         default=600, gt=0, description="Deadline for one migration run."
     )
@@ -122,7 +136,6 @@ class ReleaseEnvironment(Block):
         "the pending revisions on a scratch database on the same server (needs CREATEDB).",
     )
     # Verification (defaults in the spirit of Kamal: poll 1 s, 5 s per request, 30 s budget).
-    health_path: str = Field(default="/health", description="Health endpoint of the API.")
     health_consecutive: int = Field(
         default=3, ge=1, description="Consecutive healthy answers needed to pass."
     )
@@ -185,44 +198,51 @@ class ReleaseEnvironment(Block):
             )
         return value
 
-    @field_validator("database_url_variables")
+    @field_validator("secrets")
     @classmethod
-    def _valid_url_variables(cls, value: list[str]) -> list[str]:
-        return check_variable_names(value, "database_url_variables")
+    def _valid_secrets(cls, value: dict[str, str]) -> dict[str, str]:
+        check_variable_names(list(value), "secrets")
+        for name, reference in value.items():
+            if not re.match(r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$", reference):
+                raise ValueError(
+                    f"secrets[{name!r}]: {reference!r} must name a secret block as "
+                    "'<block-type-slug>/<name>', e.g. 'secret/rhesis-jwt-secret-key'"
+                )
+        return value
 
-    @field_validator("database_url_parts")
+    @field_validator("docker_volumes")
     @classmethod
-    def _valid_part_variables(cls, value: dict[str, str]) -> dict[str, str]:
-        check_variable_names(list(value), "database_url_parts")
+    def _valid_volumes(cls, value: list[str]) -> list[str]:
+        for volume in value:
+            if not re.match(r"^[^:]+:/[^:]*(:(ro|rw))?$", volume):
+                raise ValueError(
+                    f"docker volume {volume!r} must be 'HOST:CONTAINER' or "
+                    "'HOST:CONTAINER:ro', the container path absolute"
+                )
         return value
 
     @model_validator(mode="after")
-    def _database_only_from_the_secret(self) -> "ReleaseEnvironment":
-        if not self.database_variables().names:
-            raise ValueError(
-                "database_url_variables and database_url_parts are both empty: name at least "
-                "one variable the application reads its database from"
-            )
-        if clash := sorted(set(self.env) & set(self.database_variables().names)):
-            raise ValueError(
-                f"{', '.join(clash)} set in `env` and also filled from `database_url`: remove "
-                "it from `env` (plain values are stored in clear, and the rehearsal could not "
-                "point it at its scratch database)"
-            )
+    def _one_source_per_variable(self) -> "ReleaseEnvironment":
+        database = set(self.database_variables().names)
+        clashes = {
+            "also filled from `database_url`": set(self.env) & database,
+            "also a secret": set(self.env) & set(self.secrets),
+            "a secret and also filled from `database_url`": set(self.secrets) & database,
+        }
+        for why, names in clashes.items():
+            if names:
+                raise ValueError(
+                    f"{', '.join(sorted(names))} set in `env` or `secrets` and {why}: give each "
+                    "variable one source (plain values are stored in clear, and the rehearsal "
+                    "must be able to point the database variables at its scratch database)"
+                )
         return self
-
-    @field_validator("health_path")
-    @classmethod
-    def _valid_path(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"health_path {value!r} must start with '/'")
-        return value
 
     def database_url_value(self) -> str:
         return self.database_url.get()
 
     def database_variables(self) -> DatabaseVariables:
-        return DatabaseVariables(tuple(self.database_url_variables), dict(self.database_url_parts))
+        return self.application.database.variables()
 
 
 def load_environment(name: str) -> ReleaseEnvironment:
@@ -261,7 +281,8 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             network=env.docker_network,
             publish_address=env.docker_publish_address,
             env=container_env(env),
-            worker_command=env.worker_command,
+            processes=processes(env.application),
+            volumes=env.docker_volumes,
             registry_auth=registry_auth(env),
         )
     if env.target == "cloudrun":
@@ -269,7 +290,7 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             _settings(env, "cloud_run"),
             env.environment,
             container_env(env),
-            worker_command=env.worker_command,
+            processes=processes(env.application),
         )
     if env.target == "ecs":
         return connect_ecs(_settings(env, "ecs"), env.environment, container_env(env))
@@ -287,9 +308,32 @@ def _settings(env: ReleaseEnvironment, field: str):
 
 
 def container_env(env: ReleaseEnvironment) -> dict[str, str]:
-    """Environment of every backend container: the plain variables plus the database URL
-    under the names the application reads."""
-    return {**env.env, **env.database_variables().environment(env.database_url_value())}
+    """Environment of every backend container: the env file, the plain variables, the
+    secret variables, and the database URL under the names the application reads."""
+    return {
+        **env_file_values(env),
+        **env.env,
+        **secret_values(env.secrets, "secret variable"),
+        **env.database_variables().environment(env.database_url_value()),
+    }
+
+
+def env_file_values(env: ReleaseEnvironment) -> dict[str, str]:
+    if env.env_file is None:
+        return {}
+    path = Path(env.env_file)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"env_file {env.env_file!r} of environment {env.environment!r} does not exist on "
+            "this machine: create it, or fix the path (relative paths start where the "
+            "release runs)"
+        )
+    values = dotenv_values(path)
+    if empty := sorted(name for name, value in values.items() if value is None):
+        raise ConfigurationError(
+            f"env_file {env.env_file!r}: {', '.join(empty)} has no value: write NAME=VALUE"
+        )
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def registry_auth(env: ReleaseEnvironment) -> dict[str, str] | None:

@@ -55,7 +55,8 @@ def compensate(env: ReleaseEnvironment, record: ReleaseRecord) -> Restored:
                 done.append(step)
             step = "verify the restored environment"
             if before.api.image is not None:
-                verify_api(env, target.service_url(), before.api.version)
+                url = target.service_url()
+                verify_api(env, target, url, version=before.api.version, image=before.api.image)
             if before.workers.image is not None and before.workers.replicas:
                 verify_workers(env, target, before.workers.image, before.workers.replicas)
         except Exception as exc:
@@ -82,7 +83,7 @@ def _restore_schema(
         get_run_logger().info(f"schema still at {revision or 'base'}: nothing to move back")
         return None, revision
     if record.schema_undo == "upgrade":
-        upgrade_to(env, target, record.snapshot.state.api.image, revision)
+        upgrade_to(env, target, record.schema_image or record.snapshot.state.api.image, revision)
         return None, revision
     if record.irreversible:
         note = (
@@ -92,7 +93,7 @@ def _restore_schema(
         )
         get_run_logger().warning(note)
         return note, current
-    downgrade(env, target, record.image, revision)
+    downgrade(env, target, record.schema_image or record.image, revision)
     return None, revision
 
 

@@ -22,7 +22,6 @@ from prefect.states import Cancelled, State
 from pydantic import Field
 
 from deployments.environments import Environment, release_slot
-from flows.prepare import DEFAULT_SOURCE
 from flows.release import release
 from targets.errors import ConfigurationError
 
@@ -46,7 +45,7 @@ Subdir = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_
 @flow(name="nightly-staging", flow_run_name="nightly {environment}")
 def nightly_staging(
     environment: Environment = "staging",
-    source: str = DEFAULT_SOURCE,
+    source: str | None = None,
     branch: GitRef | None = None,
     subdir: Subdir | None = None,
     on_busy: OnBusy = "cancel",
@@ -68,7 +67,7 @@ def release_from_ui(
     environment: Environment,
     image: ImageReference | None = None,
     git_ref: GitRef | None = None,
-    source: str = DEFAULT_SOURCE,
+    source: str | None = None,
     version: str | None = None,
     worker_count: WorkerCount | None = None,
     dry_run: bool = False,

@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.environment import connect_target, load_environment
 from flows.errors import ReleaseFailed
-from flows.prepare import DEFAULT_SOURCE, Prepared, ReleaseRequest, prepare
+from flows.prepare import Prepared, ReleaseRequest, prepare
 from flows.saga import Steps
 from targets.base import describe_service
 from tasks.check_migrations import MigrationCheck, MigrationRefused, check_migrations
@@ -24,7 +24,7 @@ from tasks.check_migrations import MigrationCheck, MigrationRefused, check_migra
 @flow(name="plan", flow_run_name="plan {environment}")
 def plan(
     environment: str,
-    source: str = DEFAULT_SOURCE,
+    source: str | None = None,
     git_ref: str | None = None,
     subdir: str | None = None,
     image: str | None = None,
@@ -36,9 +36,10 @@ def plan(
 
     Args:
         environment: Name of the ReleaseEnvironment block.
-        source: Build context: a directory, or a git URL (with `git_ref`).
+        source: The code: a directory, or a git URL (with `git_ref`); default: the
+            application spec's build source.
         git_ref: Branch, tag or commit to build when `source` is a git URL.
-        subdir: Directory holding the Dockerfile inside `source`.
+        subdir: Build context inside `source` (default: the application spec's).
         image: Plan the release of this existing image (tag or digest) instead of building.
         version: Version the release would tag and expect on /health.
         worker_count: Workers the release would run (default: the environment's).
@@ -56,9 +57,10 @@ def plan(
                     check = check_migrations(
                         env,
                         target,
-                        prepared.image,
+                        prepared.images["migrate"],
                         current=prepared.snapshot.schema_revision,
                         allow_breaking=allow_breaking,
+                        first_release=_first_release(prepared),
                     )
                 except MigrationRefused as exc:
                     refused = str(exc)
@@ -72,6 +74,10 @@ def plan(
     )
     get_run_logger().info(result["summary"])
     return result
+
+
+def _first_release(prepared: Prepared) -> bool:
+    return prepared.snapshot.state.api.image is None and prepared.snapshot.schema_revision is None
 
 
 def _describe(
@@ -100,7 +106,7 @@ def _describe(
         "summary": summary,
         "verdict": verdict,
         "refused": refused,
-        "image": {"running": before.api.image, "release": prepared.image},
+        "image": {"running": before.api.image, "release": prepared.api},
         "version": {"running": before.api.version, "release": prepared.version},
         "workers": {"running": before.workers.replicas, "release": workers},
         "schema": {"running": schema, "pending": pending},

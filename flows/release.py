@@ -21,7 +21,7 @@ from blocks.environment import load_environment
 from flows.approval import approve
 from flows.errors import ReleaseFailed
 from flows.plan import plan
-from flows.prepare import DEFAULT_SOURCE, ReleaseRequest, prepare
+from flows.prepare import ReleaseRequest, prepare
 from flows.rollout import roll_out
 from flows.saga import Saga
 from ledger.record import Compensation
@@ -32,7 +32,7 @@ from tasks.migrate import migrate
 @flow(name="release", flow_run_name="release {environment}")
 def release(
     environment: str,
-    source: str = DEFAULT_SOURCE,
+    source: str | None = None,
     git_ref: str | None = None,
     subdir: str | None = None,
     image: str | None = None,
@@ -45,9 +45,10 @@ def release(
 
     Args:
         environment: Name of the ReleaseEnvironment block to release to.
-        source: Build context: a directory, or a git URL (with `git_ref`).
+        source: The code: a directory, or a git URL (with `git_ref`); default: the
+            application spec's build source.
         git_ref: Branch, tag or commit to build when `source` is a git URL.
-        subdir: Directory holding the Dockerfile inside `source` (e.g. a monorepo's 'backend').
+        subdir: Build context inside `source` (default: the application spec's).
         image: Release this existing image (tag or digest) instead of building.
         version: Version to tag and expect on /health (default: from the source's files).
         worker_count: Override the environment's worker count for this release.
@@ -64,35 +65,40 @@ def release(
     except Exception as exc:
         raise ReleaseFailed.refused(f"release to {environment}", exc) from exc
 
-    with Saga.begin(env, "release", request.describe()) as saga:
+    with Saga.begin(env, "release", request.describe(env.application.build)) as saga:
         prepared = prepare(saga, request)
-        saga.record.took_snapshot(prepared.snapshot)
-        saga.record.rolls_out(prepared.image, prepared.version, workers)
+        snapshot, images, version = prepared.snapshot, prepared.images, prepared.version
+        saga.record.took_snapshot(snapshot)
+        saga.record.rolls_out(images, version, workers)
         if prepared.is_running(workers):
-            message = f"{prepared.version} ({prepared.image}) already runs in {environment}"
-            return saga.finish(
-                "no-op", f"{message}: nothing to do", prepared.snapshot.schema_revision
-            )
+            message = f"{version} ({prepared.api}) already runs in {environment}: nothing to do"
+            return saga.finish("no-op", message, snapshot.schema_revision)
 
         check = saga.step(
             "check-migrations",
             check_migrations,
             env,
             saga.target,
-            prepared.image,
-            current=prepared.snapshot.schema_revision,
+            images["migrate"],
+            current=snapshot.schema_revision,
             allow_breaking=request.allow_breaking,
+            first_release=snapshot.state.api.image is None and snapshot.schema_revision is None,
         )
         saga.record.irreversible = check.irreversible
-        saga.record.approved_by = approve(env, prepared.version, prepared.image)
+        saga.record.approved_by = approve(env, version, prepared.api)
+        saga.record.schema_image = images["migrate"]
         migration = saga.step(
-            "migrate", migrate, env, saga.target, prepared.image, compensation=Compensation.SCHEMA
+            "migrate",
+            migrate,
+            env,
+            saga.target,
+            images["migrate"],
+            compensation=Compensation.SCHEMA,
         )
-        roll_out(saga, prepared.image, prepared.version, workers)
+        roll_out(saga, images, version, workers)
         return saga.finish(
             "released",
-            f"released {prepared.version} to {environment}: API {prepared.version} healthy, "
-            f"{workers} worker(s), schema {migration.before or 'base'} -> "
-            f"{migration.after or 'base'}",
+            f"released {version} to {environment}: API {version} healthy, {workers} worker(s), "
+            f"schema {migration.before or 'base'} -> {migration.after or 'base'}",
             migration.after,
         )

@@ -13,6 +13,7 @@ It is a saga like a release: if a step fails, the compensations put back what ra
 the restore (the schema with an upgrade), and the ledger records the restore either way.
 """
 
+from blocks.application import ROLES
 from blocks.environment import ReleaseEnvironment, push_credentials
 from flows.rollout import roll_out
 from flows.saga import Saga
@@ -32,21 +33,30 @@ def restore(env: ReleaseEnvironment, to: str) -> list[str]:
         snapshot = saga.step("snapshot", take_snapshot, env, saga.target)
         saga.record.took_snapshot(snapshot)
         with Ledger(env.database_url_value()) as ledger:
-            chosen = choose(ledger.history(env.environment, limit=200), to, snapshot)
+            records = ledger.history(env.environment, limit=200)
+        chosen = choose(records, to, snapshot)
         wanted = chosen.expected
-        pinned, _ = saga.step(
-            "resolve-image", resolve, wanted.image, push_credentials(env), env.docker_host
-        )
-        saga.record.rolls_out(pinned, chosen.version, wanted.workers)
+        credentials = push_credentials(env)
+        wanted_images = chosen.images or dict.fromkeys(ROLES, wanted.image)
+        resolved = {
+            image: saga.step("resolve-image", resolve, image, credentials, env.docker_host)[0]
+            for image in dict.fromkeys(wanted_images.values())
+        }
+        images = {role: resolved[image] for role, image in wanted_images.items()}
+        saga.record.rolls_out(images, chosen.version, wanted.workers)
         current = snapshot.schema_revision
-        same_app = snapshot.state.api.image == pinned
+        same_app = snapshot.state.api.image == images["api"]
         same_app &= snapshot.state.workers.replicas == wanted.workers
         if same_app and current == wanted.schema:
             message = f"release {chosen.short_id} ({chosen.version}) already runs"
             return [saga.finish("no-op", message, current)["message"]]
 
+        # The schema goes down with the migrate image that runs now: it knows the newer
+        # revisions. If the restore fails, the same image upgrades it back.
+        running = running_migrate_image(records, snapshot)
+        saga.record.schema_image = running
         if current != wanted.schema:
-            if snapshot.state.api.image is None:
+            if running is None:
                 raise ConfigurationError(
                     f"schema is at {current or 'base'} but no API runs whose image could "
                     f"downgrade it to {wanted.schema or 'base'}: release instead"
@@ -56,28 +66,46 @@ def restore(env: ReleaseEnvironment, to: str) -> list[str]:
                 check_downgrade,
                 env,
                 saga.target,
-                snapshot.state.api.image,
+                running,
                 current=current,
                 revision=wanted.schema,
             )
-        roll_out(saga, pinned, chosen.version, wanted.workers)
+        roll_out(saga, images, chosen.version, wanted.workers)
         if current != wanted.schema:
             saga.step(
                 "downgrade-schema",
                 downgrade,
                 env,
                 saga.target,
-                snapshot.state.api.image,
+                running,
                 wanted.schema,
                 compensation=Compensation.SCHEMA,
             )
-            saga.step("verify-api", verify_api, env, saga.target.service_url(), chosen.version)
+            saga.step(
+                "verify-api",
+                verify_api,
+                env,
+                saga.target,
+                saga.target.service_url(),
+                version=chosen.version,
+                image=images["api"],
+            )
         message = (
             f"restored release {chosen.short_id} ({chosen.version}) to {env.environment}: API "
             f"healthy, {wanted.workers} worker(s), schema {current or 'base'} -> "
             f"{wanted.schema or 'base'}"
         )
         return [saga.finish("restored", message, wanted.schema)["message"]]
+
+
+def running_migrate_image(records: list[ReleaseRecord], snapshot: Snapshot) -> str | None:
+    """The migrate image of what runs: the one the ledger says rolled out the running API,
+    or the API's own image (the roles share one unless the spec builds them apart)."""
+    api = snapshot.state.api.image
+    for record in records:
+        if record.image == api and record.images.get("migrate"):
+            return record.images["migrate"]
+    return api
 
 
 def choose(records: list[ReleaseRecord], to: str, snapshot: Snapshot) -> ReleaseRecord:

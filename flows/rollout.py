@@ -16,16 +16,18 @@ from tasks.scale import scale_workers
 from tasks.verify import verify_api, verify_workers
 
 
-def roll_out(saga: Saga, image: str, version: str, workers: int) -> None:
-    env, target = saga.env, saga.target
+def roll_out(saga: Saga, images: dict[str, str], version: str, workers: int) -> None:
+    """`images`: the pinned image of each role (api, worker)."""
+    env, target, api, worker = saga.env, saga.target, images["api"], images["worker"]
     saga.register(Compensation.API, Compensation.WORKERS)
-    scaling = saga.submit("scale-workers", scale_workers, target, image, version, workers)
+    scaling = saga.submit("scale-workers", scale_workers, target, worker, version, workers)
     try:
-        saga.step("deploy-api", deploy_api, target, image, version)
-        saga.step("verify-api", verify_api, env, target.candidate_url(), version)
+        saga.step("deploy-api", deploy_api, target, api, version)
+        url = target.candidate_url()
+        saga.step("verify-api", verify_api, env, target, url, version=version, image=api)
     finally:
         scaling.wait()  # a rollback must not race a scaling still under way
     scaling.result()
     if workers:
-        saga.step("verify-workers", verify_workers, env, target, image, workers)
+        saga.step("verify-workers", verify_workers, env, target, worker, workers)
     saga.step("promote-api", promote_api, target)

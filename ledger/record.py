@@ -74,7 +74,8 @@ class ReleaseRecord(BaseModel):
     previous_version: str | None = None
     schema_before: str | None = None
     workers_before: int | None = None
-    image: str | None = None
+    image: str | None = None  # the API's pinned image
+    images: dict[str, str] = Field(default_factory=dict)  # every role's: api, worker, migrate
     version: str | None = None
     workers_after: int | None = None
     # The saga log: compensations registered so far, and how the schema one moves (a
@@ -82,6 +83,9 @@ class ReleaseRecord(BaseModel):
     # upgrade). Pending revisions released although they cannot be downgraded.
     compensations: list[Compensation] = Field(default_factory=list)
     schema_undo: Literal["downgrade", "upgrade"] = "downgrade"
+    # The image whose migration scripts move the schema back: the new migrate image when a
+    # release is undone, the one that ran before when a restore is undone.
+    schema_image: str | None = None
     irreversible: list[str] = Field(default_factory=list)
     approved_by: str | None = None  # who approved it (and their comment), where required
     # How it went.
@@ -108,8 +112,9 @@ class ReleaseRecord(BaseModel):
         self.previous_image, self.previous_version = state.api.image, state.api.version
         self.schema_before, self.workers_before = snapshot.schema_revision, state.workers.replicas
 
-    def rolls_out(self, image: str, version: str, workers: int) -> None:
-        self.image, self.version, self.workers_after = image, version, workers
+    def rolls_out(self, images: dict[str, str], version: str, workers: int) -> None:
+        self.image, self.images = images["api"], dict(images)
+        self.version, self.workers_after = version, workers
 
     def end(self, outcome: str, message: str, schema_after: str | None) -> None:
         """Close the record with what should run now (unknown after a failed rollback)."""
@@ -141,6 +146,7 @@ class ReleaseRecord(BaseModel):
 
 # The saga log: what a later run needs to undo this one. The ledger row keeps all the rest
 # and, of the log, who it is and what it rolled out.
-SAGA_LOG_ONLY = {"snapshot", "compensations", "schema_undo", "irreversible"}
-SAGA_LOG = {"id", "environment", "kind", "flow_run_id", "image", "version", "workers_after"}
+SAGA_LOG_ONLY = {"snapshot", "compensations", "schema_undo", "schema_image", "irreversible"}
+SAGA_LOG = {"id", "environment", "kind", "flow_run_id", "image", "images", "version"}
+SAGA_LOG |= {"workers_after"}
 SAGA_LOG |= SAGA_LOG_ONLY

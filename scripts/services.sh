@@ -140,6 +140,14 @@ start_postgres() {
         pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" restart
         wait_for "postgresql" 30 su postgres -c "psql -p $PG_PORT -Atc 'select 1'"
     fi
+    # The release user may also log in with its password over the Unix socket, as a
+    # container on a bridge network does when /var/run/postgresql is mounted into it.
+    local hba
+    hba="$(su postgres -c "psql -p $PG_PORT -Atc 'show hba_file'")"
+    if ! grep -q "^local[[:space:]]\+all[[:space:]]\+$PG_USER[[:space:]]" "$hba"; then
+        sed -i "0,/^local/s//local   all             $PG_USER                                 scram-sha-256\n&/" "$hba"
+        su postgres -c "psql -p $PG_PORT -qAtc 'select pg_reload_conf()'" >/dev/null
+    fi
     local pwfile="$STATE_DIR/postgres-password"
     mkdir -p "$STATE_DIR"
     if [ ! -s "$pwfile" ]; then

@@ -8,8 +8,19 @@ change one thing each, and `restore_*` put back a state that `read_state` record
 from dataclasses import dataclass, field
 from typing import Protocol
 
-# How the backend image starts one Celery worker (the seed's command).
+# How the backend image starts one Celery worker, unless the application spec says
+# otherwise (the seed's command, with its module).
 DEFAULT_WORKER_COMMAND = ("celery", "-A", "app.worker", "worker", "--loglevel=info")
+
+
+@dataclass(frozen=True)
+class Processes:
+    """How the application's processes start: the application spec, as targets need it."""
+
+    api_command: tuple[str, ...] | None = None  # None: the image's own CMD
+    api_port: int = 8000  # where the API listens in its container
+    port_variable: str | None = "PORT"  # tells the API which port to listen on
+    worker_command: tuple[str, ...] = DEFAULT_WORKER_COMMAND
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class Target(Protocol):
 
     def service_url(self) -> str:
         """Base URL where users reach the API (what a rollback verifies)."""
+
+    def api_runs(self, image: str) -> str:
+        """How the platform shows that the API (candidate or serving) runs `image`, for an
+        application whose health answer shows no version; StepFailed if it does not."""
 
     def promote_api(self) -> None:
         """The verified candidate takes all traffic; the previous version is retired."""

@@ -1,62 +1,252 @@
-"""Building an image: a local directory or a git URL + ref becomes a labelled image whose
-version, by default, is derived from its files. Prefect-free: progress goes to `log`."""
+"""Building the images of a release: a directory or a git URL + ref, built with BuildKit
+(the docker CLI) into one image per distinct stage its roles need, labelled with version
+and source revision. Prefect-free: progress goes to `log`, one line at a time.
 
+Why the CLI: docker-py's `api.build` is the legacy builder, which cannot build BuildKit
+syntax (`RUN --mount=type=cache`, `COPY --chmod`) or take build secrets; python-on-whales
+needs the buildx plugin, which this machine's Docker CLI lacks. `docker buildx build` is
+used where buildx exists, else a Docker CLI that still builds with BuildKit itself
+(before 23.0, e.g. Debian's docker.io 20.10) with DOCKER_BUILDKIT=1.
+
+Versions: a clean git checkout is its commit (`git-<12 hex>`); anything else is a digest
+of the files the build context sends (`.dockerignore` honoured, `.git` never read).
+"""
+
+import functools
 import hashlib
+import os
+import re
+import shutil
 import subprocess
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker
-import docker.errors
-import requests.exceptions
+from docker.utils.build import exclude_paths
 
-from targets.docker_engine import classify_engine_error
-from targets.errors import ConfigurationError, ReleaseError, StepFailed
+from targets.docker_engine import TRANSIENT_MARKERS
+from targets.errors import ConfigurationError, StepFailed, TransientError
 from targets.images import parse_image_reference
 
 Log = Callable[[str], None]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class BuiltImage:
     image_id: str
-    reference: str  # repository:version
+    reference: str  # repository:tag
     version: str
     source_revision: str
+    stage: str | None = None  # None: the Dockerfile's last stage
 
 
-def content_version(context: Path) -> str:
-    """A version derived from the build context's files: same code, same version."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
-        rel = path.relative_to(context).as_posix()
-        if "__pycache__" in rel or rel.endswith(".pyc"):
+@dataclass(frozen=True)
+class BuildPlan:
+    """What to build: `stages` maps each role to its stage (None: the last one)."""
+
+    context: Path
+    dockerfile: Path  # inside the context
+    repository: str
+    version: str
+    stages: dict[str, str | None]
+    args: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # id -> value
+    network: str = "host"
+    engine: str | None = None  # DOCKER_HOST of the engine that builds (None: the local one)
+
+    def tags(self) -> dict[str | None, str]:
+        """The image reference of each distinct stage (see `stage_tag`)."""
+        repository, api = parse_image_reference(self.repository), self.stages.get("api")
+        return {
+            stage: str(repository.with_tag(stage_tag(self.version, stage, api)))
+            for stage in dict.fromkeys(self.stages.values())
+        }
+
+
+def stage_tag(version: str, stage: str | None, api_stage: str | None) -> str:
+    """The tag of a stage's image: the version for the API's stage, `<version>-<stage>`
+    for any other (`-final` for the Dockerfile's last, unnamed stage)."""
+    return version if stage == api_stage else f"{version}-{stage or 'final'}"
+
+
+def checked_plan(plan: BuildPlan) -> BuildPlan:
+    """The plan, or a clear error naming what to fix: the Dockerfile must be there and
+    every stage named must be one of its stages."""
+    if not plan.dockerfile.is_file():
+        raise ConfigurationError(
+            f"no Dockerfile at {plan.dockerfile.relative_to(plan.context)} in the build context "
+            f"{plan.context}: fix the application spec's build.dockerfile (relative to "
+            "build.context)"
+        )
+    declared = dockerfile_stages(plan.dockerfile)
+    for role, stage in plan.stages.items():
+        if stage is not None and stage not in declared:
+            raise ConfigurationError(
+                f"build stage {stage!r} (role {role}) is not in {plan.dockerfile.name}, whose "
+                f"stages are {', '.join(declared) or 'unnamed'}: fix build.stages"
+            )
+    return plan
+
+
+def dockerfile_stages(dockerfile: Path) -> list[str]:
+    """The names of the Dockerfile's stages (`FROM image AS name`)."""
+    matches = (_FROM.match(line) for line in dockerfile.read_text().splitlines())
+    return [m.group(1) for m in matches if m and m.group(1)]
+
+
+def build_images(plan: BuildPlan, log: Log) -> dict[str, BuiltImage]:
+    """Build each distinct stage once; the image of every role."""
+    revision = source_revision(plan.context)
+    built = {
+        stage: _build(plan, stage, reference, revision, log)
+        for stage, reference in plan.tags().items()
+    }
+    return {role: built[stage] for role, stage in plan.stages.items()}
+
+
+def _build(plan: BuildPlan, stage: str | None, reference: str, revision: str, log: Log):
+    labels = {
+        "org.opencontainers.image.version": plan.version,
+        "org.opencontainers.image.revision": revision,
+    }
+    args = {"APP_VERSION": plan.version, **plan.args}
+    what = f"docker build of {reference}" + (f" (stage {stage})" if stage else "")
+    log(f"building {reference} from {plan.context} (revision {revision})")
+    with tempfile.TemporaryDirectory(prefix="release-build-") as scratch:
+        iidfile = Path(scratch) / "iid"
+        argv = [*buildkit_cli(), "--progress=plain", "-f", str(plan.dockerfile), "-t", reference]
+        argv += ["--iidfile", str(iidfile), "--network", plan.network]
+        if stage:
+            argv += ["--target", stage]
+        for key, value in labels.items():
+            argv += ["--label", f"{key}={value}"]
+        for key, value in args.items():
+            argv += ["--build-arg", f"{key}={value}"]
+        for index, (secret_id, value) in enumerate(plan.secrets.items()):
+            path = Path(scratch) / f"secret-{index}"
+            path.touch(mode=0o600)
+            path.write_text(value)
+            argv += ["--secret", f"id={secret_id},src={path}"]
+        _run(argv + [str(plan.context)], plan.engine, what, log)
+        image_id = iidfile.read_text().strip()
+    return BuiltImage(image_id, reference, plan.version, revision, stage)
+
+
+def _run(argv: list[str], engine: str | None, what: str, log: Log) -> None:
+    env = {**os.environ, "DOCKER_BUILDKIT": "1"}
+    if engine:
+        env["DOCKER_HOST"] = engine
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        for raw in proc.stdout:
+            for line in log_lines(raw):
+                log(line)
+                tail.append(line)
+    if proc.returncode != 0:
+        errors = [line for line in tail if "error" in line.lower()] or list(tail)[-5:]
+        detail = " | ".join(errors[-5:])
+        if any(marker in detail.lower() for marker in TRANSIENT_MARKERS):
+            raise TransientError(f"{what} failed (exit {proc.returncode}): {detail}")
+        raise StepFailed(f"{what} failed (exit {proc.returncode}): {detail}")
+
+
+def log_lines(raw: str) -> list[str]:
+    """What one chunk of build output says, as lines worth a log entry: colour codes
+    stripped, carriage-return redraws (progress bars) split, blank lines dropped."""
+    return [line.rstrip() for line in _ANSI.sub("", raw).split("\r") if line.strip()]
+
+
+@functools.cache
+def buildkit_cli() -> tuple[str, ...]:
+    """The command that builds with BuildKit here: `docker buildx build --load`, or a Docker
+    CLI from before 23.0 (`docker build` with DOCKER_BUILDKIT=1)."""
+    candidates = dict.fromkeys(filter(None, (shutil.which("docker"), "/usr/bin/docker")))
+    for cli in candidates:
+        if not os.access(cli, os.X_OK):
             continue
-        digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
-    return "src-" + digest.hexdigest()[:12]
+        if _succeeds([cli, "buildx", "version"]):
+            return (cli, "buildx", "build", "--load")
+        version = _output([cli, "version", "--format", "{{.Client.Version}}"])
+        if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) < 23:
+            return (cli, "build")
+    raise ConfigurationError(
+        "no Docker CLI on this runner builds with BuildKit: install the buildx plugin, or "
+        "Debian's docker.io (its CLI builds with DOCKER_BUILDKIT=1)"
+    )
 
 
-def source_revision(context: Path) -> str:
-    """The git commit the context comes from ('+dirty' if it has local changes)."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(context), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(context), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
+def _succeeds(argv: list[str]) -> bool:
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+def _output(argv: list[str]) -> str:
+    return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+
+
+def content_version(context: Path, dockerfile: Path) -> str:
+    """A version derived from the sources: same code, same version."""
+    commit = clean_commit(context)
+    if commit:
+        return f"git-{commit[:12]}"
+    return "src-" + content_digest(context, dockerfile)[:12]
+
+
+def content_digest(context: Path, dockerfile: Path) -> str:
+    """A digest of what the build context sends: `.dockerignore` (or the Dockerfile's own
+    `<name>.dockerignore`) honoured, `.git` never read."""
+    digest = hashlib.sha256()
+    relative = dockerfile.relative_to(context).as_posix()
+    for name in sorted(exclude_paths(str(context), _ignored(context, dockerfile), relative)):
+        path = context / name
+        if path.is_symlink():
+            digest.update(name.encode() + b"\0->" + os.readlink(path).encode() + b"\0")
+        elif path.is_file():
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _ignored(context: Path, dockerfile: Path) -> list[str]:
+    own = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    ignore = own if own.is_file() else context / ".dockerignore"
+    patterns = [".git"]
+    if ignore.is_file():
+        lines = (line.strip() for line in ignore.read_text().splitlines())
+        patterns += [line for line in lines if line and not line.startswith("#")]
+    return patterns
+
+
+def clean_commit(path: Path) -> str | None:
+    """The commit of the git checkout `path` is in, if nothing under `path` differs from it."""
+    commit = _git_output(path, "rev-parse", "HEAD")
+    if commit is None:
+        return None
+    changes = _git_output(path, "status", "--porcelain", "--untracked-files=all", "--", ".")
+    return commit if changes == "" else None
+
+
+def source_revision(path: Path) -> str:
+    """The git commit `path` comes from ('+dirty' if it has local changes), or 'unknown'."""
+    commit = _git_output(path, "rev-parse", "HEAD")
+    if commit is None:
         return "unknown"
-    return rev + ("+dirty" if dirty else "")
+    return commit if clean_commit(path) else commit + "+dirty"
+
+
+def _git_output(path: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(
+            ["git", "-C", str(path), *args], capture_output=True, text=True, check=True
+        )
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+    return proc.stdout.strip()
 
 
 def _is_git_url(source: str) -> bool:
@@ -64,22 +254,28 @@ def _is_git_url(source: str) -> bool:
 
 
 @contextmanager
-def build_context(source: str, git_ref: str | None, subdir: str | None, log: Log) -> Iterator[Path]:
-    """A local directory holding the Dockerfile: the path itself, or a checkout of a git URL."""
+def checkout(source: str, ref: str | None, log: Log) -> Iterator[Path]:
+    """The source as a local directory: the path itself, or a checkout of a git URL."""
     if _is_git_url(source):
         with tempfile.TemporaryDirectory(prefix="release-src-") as tmp:
-            log(f"cloning {source} at {git_ref or 'default branch'}")
+            log(f"cloning {source} at {ref or 'default branch'}")
             _git(["clone", "--quiet", source, tmp])
-            if git_ref:
-                _git(["-C", tmp, "checkout", "--quiet", git_ref])
-            yield _checked_context(Path(tmp) / (subdir or ""), source)
+            if ref:
+                _git(["-C", tmp, "checkout", "--quiet", ref])
+            yield Path(tmp)
         return
-    if git_ref:
+    if ref:
         raise ConfigurationError(
-            f"git ref {git_ref!r} given with a local build context {source!r}: pass a git URL "
-            "as the source to build a ref, or drop the ref to build the directory as it is"
+            f"git ref {ref!r} given with a local source {source!r}: pass a git URL as the "
+            "source to build a ref, or drop the ref to build the directory as it is"
         )
-    yield _checked_context(Path(source) / (subdir or ""), source)
+    path = Path(source)
+    if not path.is_dir():
+        raise ConfigurationError(
+            f"build context {source!r} does not exist: pass the directory (or git URL) that "
+            "holds the backend's code as the source"
+        )
+    yield path.resolve()
 
 
 def _git(args: list[str]) -> None:
@@ -88,59 +284,3 @@ def _git(args: list[str]) -> None:
         raise ConfigurationError(
             f"git {' '.join(args[:2])} failed: {proc.stderr.strip()}; check the source URL and ref"
         )
-
-
-def _checked_context(path: Path, source: str) -> Path:
-    if not path.is_dir():
-        raise ConfigurationError(
-            f"build context {str(path)!r} does not exist: pass the directory that holds the "
-            f"Dockerfile (source was {source!r})"
-        )
-    if not (path / "Dockerfile").is_file():
-        raise ConfigurationError(
-            f"build context {str(path)!r} has no Dockerfile: pass the directory that holds it"
-        )
-    return path.resolve()
-
-
-def build_image(
-    client: docker.DockerClient,
-    context: Path,
-    repository: str,
-    version: str,
-    log: Log,
-    build_args: dict[str, str] | None = None,
-) -> BuiltImage:
-    """Build `context` as repository:version, labelled with version and source revision."""
-    reference = parse_image_reference(repository).with_tag(version)
-    revision = source_revision(context)
-    labels = {
-        "org.opencontainers.image.version": version,
-        "org.opencontainers.image.revision": revision,
-    }
-    args = {"APP_VERSION": version, **(build_args or {})}
-    log(f"building {reference} from {context} (revision {revision})")
-    try:
-        stream = client.api.build(
-            path=str(context),
-            tag=str(reference),
-            buildargs=args,
-            labels=labels,
-            network_mode="host",
-            rm=True,
-            forcerm=True,
-            decode=True,
-        )
-        for item in stream:
-            if "error" in item:
-                detail = item.get("errorDetail", {}).get("message") or item["error"]
-                raise StepFailed(f"docker build of {reference} failed: {detail.strip()}")
-            line = item.get("stream", "").rstrip()
-            if line:
-                log(line)
-        image = client.images.get(str(reference))
-    except ReleaseError:
-        raise
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise classify_engine_error(exc, f"docker build of {reference}") from None
-    return BuiltImage(image.id, str(reference), version, revision)

@@ -26,13 +26,7 @@ from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import Credentials
 from google.cloud import run_v2
 
-from targets.base import (
-    DEFAULT_WORKER_COMMAND,
-    OneOffResult,
-    ServiceState,
-    TargetState,
-    WorkerHealth,
-)
+from targets.base import OneOffResult, Processes, ServiceState, TargetState, WorkerHealth
 from targets.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -86,7 +80,7 @@ class CloudRunTarget:
         migration_job: str,
         env: dict[str, str] | None = None,
         cloudsql_instances: list[str] | None = None,
-        worker_command: list[str] | None = None,
+        processes: Processes | None = None,
         api_endpoint: str | None = None,
         operation_timeout: float = 600.0,
     ):
@@ -102,7 +96,7 @@ class CloudRunTarget:
         self.job_name = f"{self.location}/jobs/{migration_job}"
         self.env = dict(env or {})
         self.cloudsql_instances = list(cloudsql_instances or [])
-        self.worker_command = worker_command or list(DEFAULT_WORKER_COMMAND)
+        self.processes = processes or Processes()
         self.operation_timeout = operation_timeout
 
     # -- facts ---------------------------------------------------------------------------
@@ -138,6 +132,20 @@ class CloudRunTarget:
     def service_url(self) -> str:
         return self._get_service(self.api_name).uri
 
+    def api_runs(self, image: str) -> str:
+        service = self._get_service(self.api_name)
+        names = [short_name(service.latest_created_revision), self._serving_name(service)]
+        for name in filter(None, dict.fromkeys(names)):
+            revision = self._call(
+                f"read revision {name}",
+                self.revisions.get_revision,
+                name=f"{service.name}/revisions/{name}",
+                retry=READ_RETRY,
+            )
+            if revision.containers and revision.containers[0].image == image:
+                return f"revision {name} of {short_name(self.api_name)} runs {image}"
+        raise StepFailed(f"no revision of {short_name(self.api_name)} runs {image}")
+
     def workers_alive(self, image: str, count: int) -> WorkerHealth:
         service = self._get_service(self.worker_name)
         revision = self._serving(service)
@@ -161,7 +169,9 @@ class CloudRunTarget:
         revision = self._revision_name(self.api_name, version)
         self._set_image(service.template, image, version, revision)
         api = service.template.containers[0]
-        api.command, api.args = [], []  # the image's own entrypoint serves the API
+        command = self.processes.api_command  # None: the image's own entrypoint serves it
+        api.command, api.args = (command[:1], command[1:]) if command else ([], [])
+        api.ports = [run_v2.ContainerPort(container_port=self.processes.api_port)]
         tagged = run_v2.TrafficTarget(
             type_=REVISION, revision=revision, percent=0, tag=candidate_tag(version)
         )
@@ -189,7 +199,7 @@ class CloudRunTarget:
         self._set_image(template, image, version, revision)
         container = template.containers[0]
         container.command = WORKER_PORT_SHIM
-        container.args = self.worker_command
+        container.args = list(self.processes.worker_command)
         resources = container.resources or run_v2.ResourceRequirements()
         resources.cpu_idle = False  # CPU always allocated: workers run outside requests
         container.resources = resources

@@ -1,4 +1,4 @@
-"""Docker host target: the API as one container, N Celery worker containers, same image.
+"""Docker host target: the API as one container, N Celery worker containers.
 
 State is read back from the engine through container labels (no local state file).
 Replacing the API stops the previous container but keeps it, renamed `<env>-api-previous`,
@@ -9,15 +9,9 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from targets.base import (
-    DEFAULT_WORKER_COMMAND,
-    OneOffResult,
-    ServiceState,
-    TargetState,
-    WorkerHealth,
-)
+from targets.base import OneOffResult, Processes, ServiceState, TargetState, WorkerHealth
 from targets.docker_engine import classify_engine_error
-from targets.errors import ReleaseError
+from targets.errors import ConfigurationError, ReleaseError, StepFailed
 
 LABEL = "io.rhesis.release"
 L_ENV, L_SERVICE, L_VERSION, L_IMAGE = (
@@ -36,17 +30,30 @@ class DockerHostTarget:
         network: str = "host",
         publish_address: str = "127.0.0.1",
         env: dict[str, str] | None = None,
-        worker_command: list[str] | None = None,
+        processes: Processes | None = None,
+        volumes: list[str] | None = None,
         registry_auth: dict[str, str] | None = None,
     ):
+        """`port` is where users reach the API: with host networking the API listens on it
+        (told through `processes.port_variable`), otherwise `processes.api_port` is
+        published on it at `publish_address`."""
         self.client = client
         self.environment = environment
         self.port = port
         self.network = network
         self.publish_address = publish_address
         self.env = dict(env or {})
-        self.worker_command = worker_command or list(DEFAULT_WORKER_COMMAND)
+        self.processes = processes or Processes()
+        self.volumes = list(volumes or [])
         self.registry_auth = registry_auth
+        fixed_port = self.processes.port_variable is None and self.processes.api_port != port
+        if network == "host" and fixed_port:
+            raise ConfigurationError(
+                f"with host networking the API listens on its own port "
+                f"{self.processes.api_port} (the application spec names no port "
+                f"variable), so it cannot be reached on {port}: set api_port to "
+                f"{self.processes.api_port}, or a bridge docker_network to publish it"
+            )
 
     # -- names ---------------------------------------------------------------------------
     @property
@@ -91,6 +98,15 @@ class DockerHostTarget:
     def service_url(self) -> str:
         host = "127.0.0.1" if self.network == "host" else self.publish_address
         return f"http://{host}:{self.port}"
+
+    def api_runs(self, image: str) -> str:
+        api = self._container(self.api_name)
+        if api is None or api.status != "running":
+            raise StepFailed(f"no API container {self.api_name} runs")
+        pinned = self._call(f"inspect {image}", self.client.images.get, image)
+        if api.labels.get(L_IMAGE) != image or api.image.id != pinned.id:
+            raise StepFailed(f"{self.api_name} runs {api.image.id[:19]}, not {image}")
+        return f"container {self.api_name} ({api.short_id}) runs {image} ({pinned.id[:19]})"
 
     def workers_alive(self, image: str, count: int) -> WorkerHealth:
         workers = [w for w in self._workers() if w.labels.get(L_IMAGE) == image]
@@ -143,7 +159,7 @@ class DockerHostTarget:
             index += 1
             if name in taken:
                 continue
-            self._start(name, image, version, "worker", command=self.worker_command)
+            self._start(name, image, version, "worker", command=list(self.processes.worker_command))
             taken.add(name)
 
     def run_oneoff(
@@ -155,7 +171,8 @@ class DockerHostTarget:
                 command,
                 detach=True,
                 environment={**self.env, **env},
-                network_mode="host" if self.network == "host" else self.network,
+                network_mode=self.network,
+                volumes=self.volumes,
                 labels={L_ENV: self.environment, L_SERVICE: "oneoff"},
             )
             try:
@@ -202,12 +219,17 @@ class DockerHostTarget:
 
     # -- helpers -------------------------------------------------------------------------
     def _run_api(self, image: str, version: str) -> None:
-        ports = None
-        if self.network != "host":
-            ports = {f"{self.port}/tcp": (self.publish_address, self.port)}
-        self._start(self.api_name, image, version, "api", ports=ports)
+        processes = self.processes
+        listens, ports = processes.api_port, None
+        if self.network == "host":
+            listens = self.port if processes.port_variable else processes.api_port
+        else:
+            ports = {f"{listens}/tcp": (self.publish_address, self.port)}
+        env = {processes.port_variable: str(listens)} if processes.port_variable else {}
+        command = list(processes.api_command) if processes.api_command else None
+        self._start(self.api_name, image, version, "api", ports=ports, env=env, command=command)
 
-    def _start(self, name: str, image: str, version: str, service: str, **kwargs) -> None:
+    def _start(self, name: str, image: str, version: str, service: str, env=None, **kwargs) -> None:
         self._ensure_image(image)
         labels = {L_ENV: self.environment, L_SERVICE: service, L_VERSION: version, L_IMAGE: image}
         self._call(
@@ -217,8 +239,9 @@ class DockerHostTarget:
             name=name,
             detach=True,
             labels=labels,
-            environment={**self.env, "PORT": str(self.port), "APP_ENVIRONMENT": self.environment},
-            network_mode="host" if self.network == "host" else self.network,
+            environment={**self.env, "APP_ENVIRONMENT": self.environment, **(env or {})},
+            network_mode=self.network,
+            volumes=self.volumes,
             restart_policy={"Name": "unless-stopped"},
             **kwargs,
         )

@@ -185,6 +185,14 @@ class EcsTarget:
     def service_url(self) -> str:
         return self.api_url
 
+    def api_runs(self, image: str) -> str:
+        primary = _primary(self._service(self.api_service))
+        definition = self._task_definition(primary["taskDefinition"])
+        running = self._container(definition, self.api_service).get("image")
+        if running != image:
+            raise StepFailed(f"service {self.api_service!r} runs {running}, not {image}")
+        return f"service {self.api_service!r} runs {image} ({primary['taskDefinition']})"
+
     def workers_alive(self, image: str, count: int) -> WorkerHealth:
         service = self._service(self.worker_service)
         primary = _primary(service)

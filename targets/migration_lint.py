@@ -177,10 +177,76 @@ def lint(revisions: list[RevisionSql]) -> list[Finding]:
     return sorted(set(findings), key=lambda f: (order[f.revision], f.statement, f.rule))
 
 
-def irreversible(pending: list[str], downgrades: list[RevisionSql]) -> list[str]:
-    """Pending revisions whose downgrade renders no schema change."""
-    reversible = {d.revision for d in downgrades if d.changes_schema}
-    return [revision for revision in pending if revision not in reversible]
+@dataclass(frozen=True)
+class ProbedRevision:
+    """One revision as targets/revision_probe.py rendered it offline in the image: its
+    upgrade and downgrade SQL, or why it could not be rendered."""
+
+    revision: str
+    upgrade: RevisionSql | None
+    upgrade_error: str | None
+    downgrade: RevisionSql | None
+    downgrade_error: str | None
+    downgrade_raises: bool  # the downgrade raised NotImplementedError: it is one-way
+
+    @property
+    def irreversible(self) -> str | None:
+        """Why a rollback could not undo this revision, or None. A revision whose upgrade
+        and downgrade both do nothing is reversible: there is nothing to undo."""
+        if self.downgrade_raises:
+            return f"its downgrade raises ({self.downgrade_error})"
+        upgrade_changes = self.upgrade is None or self.upgrade.changes_schema
+        if self.downgrade is not None and not self.downgrade.changes_schema and upgrade_changes:
+            return "its downgrade changes nothing"
+        return None
+
+    @property
+    def unrenderable(self) -> str | None:
+        """Why its SQL cannot be read offline (a data migration using op.get_bind(), SQL
+        loaded from files, ...), or None."""
+        errors = [e for e in (self.upgrade_error, self.downgrade_error) if e]
+        if not errors or (self.downgrade_raises and not self.upgrade_error):
+            return None
+        return "; ".join(errors)
+
+
+PROBE_MARKER = "@@revision-probe@@ "
+
+
+class UnknownRevision(Exception):
+    """The probe's lower revision is not one of the image's revisions."""
+
+
+def parse_probe(output: str) -> list[ProbedRevision]:
+    """The revisions the probe printed, oldest first (UnknownRevision if it said so)."""
+    revisions = []
+    for line in output.splitlines():
+        if not line.startswith(PROBE_MARKER):
+            continue
+        data = json.loads(line.removeprefix(PROBE_MARKER))
+        if "probe" in data:
+            continue
+        if data.get("known") is False:
+            raise UnknownRevision(data["error"])
+        up, down = data["upgrade"], data["downgrade"]
+        revisions.append(
+            ProbedRevision(
+                revision=data["revision"],
+                upgrade=_sections(data["revision"], up.get("sql")),
+                upgrade_error=up.get("error"),
+                downgrade=_sections(data["revision"], down.get("sql")),
+                downgrade_error=down.get("error"),
+                downgrade_raises=down.get("kind") == "NotImplementedError",
+            )
+        )
+    return revisions
+
+
+def _sections(revision: str, sql: str | None) -> RevisionSql | None:
+    if sql is None:
+        return None
+    rendered = [r for r in split_revisions(sql) if r.revision == revision]
+    return rendered[0] if rendered else RevisionSql(revision, ())
 
 
 def _squawk(paths: list[str]) -> list[dict]:

@@ -49,12 +49,19 @@ def login(client: docker.DockerClient, registry: str, auth: dict[str, str]) -> N
 
 
 def push_image(
-    client: docker.DockerClient, reference: str, auth: dict[str, str] | None, log: Log
+    client: docker.DockerClient,
+    reference: str,
+    auth: dict[str, str] | None,
+    log: Log,
+    same_sources: bool = False,
 ) -> tuple[str, bool]:
     """Push `reference`; return (pinned reference repo@sha256:..., whether bytes were sent).
 
     docker-py does not raise on a failed push: errors arrive as items of the stream, so
     every item is checked. When the registry already serves this image, nothing is sent.
+    A tag the registry holds for another image is never moved: with `same_sources` (the
+    tag is a version derived from the sources, which builds do not reproduce byte for
+    byte) the registry's image is the release; otherwise the push is refused.
     """
     ref = parse_image_reference(reference)
     what = f"push of {reference}"
@@ -64,6 +71,18 @@ def push_image(
         if existing and f"{ref.name}@{existing}" in local.attrs.get("RepoDigests", []):
             log(f"registry already has {reference} as {existing}: skipping upload")
             return f"{ref.name}@{existing}", False
+        if existing and same_sources:
+            log(
+                f"{reference} already holds {existing}, built from the same sources: releasing "
+                "that image rather than moving the tag"
+            )
+            return f"{ref.name}@{existing}", False
+        if existing:
+            raise ConfigurationError(
+                f"tag {reference} already holds {existing} in the registry, another image than "
+                "this build: a release never moves a tag. Give this build a new version, or "
+                f"release the existing image with image={reference}"
+            )
         digest = None
         for item in client.api.push(
             ref.name, tag=ref.tag, auth_config=auth, stream=True, decode=True

@@ -1,16 +1,24 @@
 """check-migrations: before anything changes, make sure the pending revisions are safe.
 
-1. Render the pending revisions' SQL offline in the NEW image and lint it
-   (targets.migration_lint): an operation that breaks the running version is refused.
-2. Render their downgrades offline: a revision whose downgrade raises or changes nothing is
-   irreversible and refused (the rollback could not undo it).
-3. Rehearse on a scratch database on the same server: bring it to the current revision
+1. Render each pending revision's upgrade and downgrade SQL offline in the NEW image, one
+   revision at a time (targets/revision_probe.py), with every database variable pointing
+   at a host that does not exist: rendering talks to nothing. A revision that cannot be
+   rendered offline (a data migration using op.get_bind(), SQL loaded from files) is
+   named in a warning, not linted, and left to the rehearsal, which runs it online.
+2. Lint each rendered upgrade (targets.migration_lint): an operation that breaks the
+   running version is refused; on a first release (no version runs, database at base)
+   there is nothing to break, so findings are reported only.
+3. A revision whose downgrade raises NotImplementedError, or changes nothing while its
+   upgrade changes the schema, is irreversible and refused (a rollback could not undo
+   it). Every pending revision is examined; one whose upgrade and downgrade both do
+   nothing is reversible.
+4. Rehearse on a scratch database on the same server: bring it to the current revision
    (replaying the new image's own revisions: nothing needed on the runner, works for every
    target), then upgrade head -> downgrade current -> upgrade head, and drop it. The
    one-off gets the scratch URL under every name the application reads its database from
-   (`database_url_variables`, `database_url_parts`) and first proves, through the app's
-   own Alembic configuration, that it talks to the scratch database; if it cannot, the
-   rehearsal refuses before it changes anything, naming the variable to fix.
+   (`application.database`) and first proves, through the app's own Alembic
+   configuration, that it talks to the scratch database; if it cannot, the rehearsal
+   refuses before it changes anything, naming the variable to fix.
 
 `allow_breaking` lists the revisions whose findings the caller accepts.
 """
@@ -20,7 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -37,9 +45,18 @@ from targets.database import (
     sqlalchemy_url,
 )
 from targets.errors import ConfigurationError, StepFailed
-from targets.migration_lint import irreversible, lint, split_revisions
-from tasks.migrate import migration_error, migration_pg_options, render_offline_sql
+from targets.migration_lint import (
+    PROBE_MARKER,
+    ProbedRevision,
+    UnknownRevision,
+    lint,
+    parse_probe,
+)
+from tasks.migrate import migration_error, migration_pg_options
 from tasks.retry import transient_retries
+
+# What the offline render sees as its database: a host that cannot exist (RFC 2606).
+NOWHERE = "postgresql://offline:offline@offline-render.invalid:5432/offline"
 
 
 class MigrationRefused(StepFailed):
@@ -52,6 +69,7 @@ class MigrationCheck:
     accepted: list[str] = field(default_factory=list)  # refusals waived by allow_breaking
     rehearsal_seconds: float | None = None
     irreversible: list[str] = field(default_factory=list)  # accepted one-way revisions
+    warnings: list[str] = field(default_factory=list)  # reported, not refused
 
 
 @task(name="check-migrations", cache_policy=NO_CACHE, **transient_retries(2))
@@ -62,26 +80,17 @@ def check_migrations(
     *,
     current: str | None,
     allow_breaking: list[str] | None = None,
+    first_release: bool = False,
 ) -> MigrationCheck:
     """Refuse breaking or irreversible pending revisions, then rehearse the round trip."""
     logger = get_run_logger()
-    revisions = f"{current}:head" if current else "head"
-    upgrade = render_offline_sql(env, target, image, verb="upgrade", revisions=revisions)
-    if upgrade.error and current and "Can't locate revision" in upgrade.error:
-        raise MigrationRefused(
-            f"the database is at revision {current}, which {image} does not know: the image is "
-            "older than the schema. Release a newer image, or first downgrade the schema with "
-            f"the image that brought {current} (Alembic: {upgrade.error})"
-        )
-    if upgrade.error:
-        raise StepFailed(f"cannot render the pending migrations of {image}: {upgrade.error}")
-    if not upgrade.readable:
+    revisions = probe_revisions(env, target, image, lower=current, upper="heads")
+    if revisions is None:
         logger.warning(
             f"migration check SKIPPED: the {env.target} target returns no output from one-off "
             "runs, so the pending revisions cannot be read, linted or rehearsed here"
         )
         return MigrationCheck([])
-    revisions = split_revisions(upgrade.sql)
     pending = [r.revision for r in revisions]
     allowed = set(allow_breaking or [])
     if unknown := sorted(allowed - set(pending)):
@@ -93,9 +102,23 @@ def check_migrations(
         logger.info(f"schema at {current or 'base'} is already at head: nothing to check")
         return MigrationCheck(pending)
     logger.info(f"pending revisions: {', '.join(pending)}")
-    problems = [(f.revision, str(f)) for f in lint(revisions)]
-    one_way = _irreversible(env, target, image, start="head", end=current, pending=pending)
-    problems += [(revision, reason) for revision, reason in one_way.items()]
+    warnings = [
+        f"revision {r.revision} cannot be rendered offline ({r.unrenderable}): it is not "
+        "linted; the rehearsal runs it online"
+        for r in revisions
+        if r.unrenderable
+    ]
+    findings = [(f.revision, str(f)) for f in lint([r.upgrade for r in revisions if r.upgrade])]
+    if first_release:  # no running version that a breaking change could break
+        warnings += [f"{reason} (reported only: no version runs yet)" for _, reason in findings]
+        findings = []
+    one_way = {
+        r.revision: f"revision {r.revision} is irreversible: {r.irreversible}, so a rollback "
+        "could not undo it"
+        for r in revisions
+        if r.irreversible
+    }
+    problems = findings + list(one_way.items())
     refused = [reason for revision, reason in problems if revision not in allowed]
     if refused:
         breaking = sorted({revision for revision, _ in problems} - allowed)
@@ -103,61 +126,66 @@ def check_migrations(
             f"pending revisions refused: {'; '.join(refused)}. If this is intended, "
             f"allow it explicitly: allow_breaking={breaking}"
         )
+    for warning in warnings:
+        logger.warning(warning)
     accepted = [reason for _, reason in problems]
     for reason in accepted:
         logger.warning(f"accepted by allow_breaking: {reason}")
+    check = MigrationCheck(pending, accepted, irreversible=sorted(one_way), warnings=warnings)
     if not env.migration_rehearsal:
         logger.info("rehearsal is off for this environment (migration_rehearsal=False)")
-        return MigrationCheck(pending, accepted, irreversible=sorted(one_way))
+        return check
     round_trip = not one_way  # an accepted irreversible revision cannot be rehearsed back
     seconds = rehearse(env, target, image, current=current, head=pending[-1], round_trip=round_trip)
-    return MigrationCheck(pending, accepted, seconds, irreversible=sorted(one_way))
+    return replace(check, rehearsal_seconds=seconds)
 
 
-def _irreversible(
-    env: ReleaseEnvironment,
-    target: Target,
-    image: str,
-    *,
-    start: str,
-    end: str | None,
-    pending: list[str] | None = None,
-) -> dict[str, str]:
-    """Revisions (`pending`, or all on the way) whose downgrade from `start` to `end`
-    raises or renders nothing, with the reason."""
-    revisions = f"{start}:{end or 'base'}"
-    downgrade = render_offline_sql(env, target, image, verb="downgrade", revisions=revisions)
-    rendered = split_revisions(downgrade.sql)
-    reasons = {}
-    checked = [r.revision for r in rendered] if pending is None else pending
-    if downgrade.error:
-        if not rendered:
-            raise StepFailed(f"cannot render the downgrades of {image}: {downgrade.error}")
-        failing = rendered.pop().revision  # Alembic names a revision before running it
-        checked = [r.revision for r in rendered]
-        reasons[failing] = (
-            f"revision {failing} is irreversible: its downgrade raises ({downgrade.error}), "
-            "so a rollback could not undo it"
+def probe_revisions(
+    env: ReleaseEnvironment, target: Target, image: str, *, lower: str | None, upper: str
+) -> list[ProbedRevision] | None:
+    """The revisions of `image` in (lower, upper], rendered offline one by one; None where
+    the target returns no output from one-off runs."""
+    result = target.run_oneoff(
+        image,
+        env.application.migrate.cli().probe(lower, upper),
+        env=env.database_variables().environment(NOWHERE),
+        timeout=env.migration_timeout_seconds,
+    )
+    try:
+        revisions = parse_probe(result.output)
+    except UnknownRevision as exc:
+        raise MigrationRefused(
+            f"the database is at revision {lower}, which {image} does not know: the image is "
+            "older than the schema. Release a newer image, or first downgrade the schema with "
+            f"the image that brought {lower} (Alembic: {exc})"
+        ) from None
+    if result.exit_code != 0:
+        raise StepFailed(
+            f"cannot read the revisions of {image} (exit {result.exit_code}): "
+            f"{migration_error(env, result.output)}"
         )
-    for revision in irreversible(checked, rendered):
-        reasons[revision] = (
-            f"revision {revision} is irreversible: its downgrade changes nothing, so a "
-            "rollback could not undo it"
-        )
-    return reasons
+    if PROBE_MARKER not in result.output:
+        return None  # the target does not return one-off output
+    return revisions
 
 
 @task(name="check-downgrade", cache_policy=NO_CACHE, **transient_retries(2))
 def check_downgrade(
     env: ReleaseEnvironment, target: Target, image: str, *, current: str, revision: str | None
 ) -> None:
-    """Before a restore of an earlier release changes anything: `image` (what runs now,
-    it knows the newer revisions) can take the schema from `current` down to `revision`, and
-    every revision on the way really downgrades."""
-    if one_way := _irreversible(env, target, image, start=current, end=revision):
+    """Before a restore of an earlier release changes anything: `image` (the migrate image
+    that runs now: it knows the newer revisions) can take the schema from `current` down to
+    `revision`, and every revision on the way really downgrades."""
+    revisions = probe_revisions(env, target, image, lower=revision, upper=current) or []
+    one_way = [
+        f"revision {r.revision} is irreversible: {r.irreversible}, so a rollback could not undo it"
+        for r in revisions
+        if r.irreversible
+    ]
+    if one_way:
         raise MigrationRefused(
-            f"the way back is refused: {'; '.join(one_way.values())}. Restore the "
-            "database from a backup instead, or roll forward"
+            f"the way back is refused: {'; '.join(one_way)}. Restore the database from a "
+            "backup instead, or roll forward"
         )
     get_run_logger().info(f"schema can go back from {current} to {revision or 'base'}")
 
@@ -168,10 +196,10 @@ def check_downgrade(
 # own configuration. Only then does it clear the marker and run the steps; otherwise it
 # exits with NOT_SCRATCH and changes nothing.
 _REHEARSE_SCRIPT = (
-    'if ! alembic current 2>&1 | grep -q "$REHEARSAL_MARKER"; then '
+    'if ! app_alembic current 2>&1 | grep -q "$REHEARSAL_MARKER"; then '
     'echo "{not_scratch}"; exit {code}; fi; '
-    "set -e; alembic stamp --purge base >/dev/null 2>&1; "
-    'for step in "$@"; do echo "{marker} $step"; alembic $step; done'
+    "set -e; app_alembic stamp --purge base >/dev/null 2>&1; "
+    'for step in "$@"; do echo "{marker} $step"; app_alembic $step; done'
 )
 _STEP_MARKER = "== rehearsal: alembic"
 _NOT_SCRATCH_MARKER = "== rehearsal: the application does not use the scratch database"
@@ -197,6 +225,7 @@ def rehearse(
     current schema; the seconds it took. Refuses unless the one-off proves it talks to the
     scratch database; failing, the release must not start."""
     logger = get_run_logger()
+    cli = env.application.migrate.cli()
     steps = [f"upgrade {current}"] if current else []
     steps.append("upgrade head")
     if round_trip:
@@ -212,7 +241,7 @@ def rehearse(
         )
         result = target.run_oneoff(
             image,
-            ["sh", "-c", script, "rehearse", *steps],
+            cli.script(script, *steps),
             env={
                 **env.database_variables().environment(url),
                 "REHEARSAL_MARKER": marker,
@@ -262,13 +291,14 @@ def _database_hint(env: ReleaseEnvironment) -> str:
     if suspects:
         return (
             f"It most likely reads {', '.join(sorted(suspects))}, set in the environment's "
-            "plain `env`: remove it from `env` and list it in `database_url_variables` (or, "
-            "for a part of the URL, in `database_url_parts`), so it comes from the "
+            "plain `env`: remove it from `env` and list it in the application spec's "
+            "`database.url_variables` (or, for a part of the URL, in `database.url_parts`), "
+            "so it comes from the "
             "`database_url` Secret and the rehearsal can point it at the scratch database"
         )
     return (
         "Name the variable(s) the application reads its database URL from in the "
-        "environment's `database_url_variables` (or its parts in `database_url_parts`); "
+        "application spec's `database.url_variables` (or its parts in `database.url_parts`); "
         "check also that the app keeps Alembic's default version table `alembic_version`"
     )
 

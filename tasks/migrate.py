@@ -1,6 +1,6 @@
 """migrate: upgrade the schema by running the NEW image once against the database, and
-downgrade it to an exact recorded revision (the rollback's compensation). Also renders the
-SQL of a revision range offline in the new image (what the migration check lints)."""
+downgrade it to an exact recorded revision (the rollback's compensation). Alembic runs
+where the application spec says (`migrate`: directory, config file, executable)."""
 
 import re
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ def migrate(env: ReleaseEnvironment, target: Target, image: str) -> MigrationRes
     """`alembic upgrade head` in a one-off container of `image`. Each revision commits on
     its own, so a failure leaves the schema at the last revision that completed; a lost
     database connection is retried (the revision in flight was rolled back)."""
-    return _run_alembic(env, target, image, env.migrate_command, "upgrade")
+    return _run_alembic(env, target, image, ("upgrade", "head"), "upgrade")
 
 
 @task(name="downgrade-schema", cache_policy=NO_CACHE, **transient_retries(2))
@@ -35,8 +35,7 @@ def downgrade(
 ) -> MigrationResult:
     """Downgrade to exactly `revision` (None: base) with `image`'s migration scripts: the
     new image knows the revisions to undo; the old one does not."""
-    command = ["alembic", "downgrade", revision or "base"]
-    return _run_alembic(env, target, image, command, "downgrade")
+    return _run_alembic(env, target, image, ("downgrade", revision or "base"), "downgrade")
 
 
 @task(name="upgrade-schema", cache_policy=NO_CACHE, **transient_retries(2))
@@ -45,19 +44,20 @@ def upgrade_to(
 ) -> MigrationResult:
     """Upgrade to exactly `revision` with `image`'s migration scripts: how a failed restore
     of an earlier release puts back the schema it had downgraded."""
-    return _run_alembic(env, target, image, ["alembic", "upgrade", revision], "upgrade")
+    return _run_alembic(env, target, image, ("upgrade", revision), "upgrade")
 
 
 def _run_alembic(
-    env: ReleaseEnvironment, target: Target, image: str, command: list[str], verb: str
+    env: ReleaseEnvironment, target: Target, image: str, args: tuple[str, ...], verb: str
 ) -> MigrationResult:
     logger = get_run_logger()
     url = env.database_url_value()
     before = read_revision(url)
-    logger.info(f"schema at {before or 'base (empty)'}: running {' '.join(command)} in {image}")
+    what = f"alembic {' '.join(args)}"
+    logger.info(f"schema at {before or 'base (empty)'}: running {what} in {image}")
     result = target.run_oneoff(
         image,
-        command,
+        env.application.migrate.cli().run(*args),
         env={"PGOPTIONS": migration_pg_options(env)},
         timeout=env.migration_timeout_seconds,
     )
@@ -91,42 +91,6 @@ def migration_pg_options(env: ReleaseEnvironment) -> str:
         f"-c lock_timeout={env.migration_lock_timeout} "
         f"-c statement_timeout={env.migration_statement_timeout}"
     )
-
-
-@dataclass(frozen=True)
-class OfflineSql:
-    sql: str  # what Alembic printed on stdout
-    error: str | None  # Alembic's error text when rendering failed
-    # Whether the target returned the one-off's output at all (Cloud Run jobs do not).
-    readable: bool = True
-
-
-# stdout carries the SQL alone; Alembic's log (stderr) is shown only when it fails.
-_RENDER_SCRIPT = (
-    'echo "{started}"; alembic "$@" 2>/tmp/alembic.err; status=$?; '
-    'if [ "$status" -ne 0 ]; then echo "{marker}"; cat /tmp/alembic.err; fi; exit "$status"'
-)
-_STARTED_MARKER = "-- offline SQL follows"
-_STDERR_MARKER = "-- alembic failed; its log follows"
-
-
-def render_offline_sql(
-    env: ReleaseEnvironment, target: Target, image: str, *, verb: str, revisions: str
-) -> OfflineSql:
-    """`alembic VERB REVISIONS --sql` in a one-off container of `image`: the SQL the
-    revisions would run, without touching the database."""
-    script = _RENDER_SCRIPT.format(started=_STARTED_MARKER, marker=_STDERR_MARKER)
-    result = target.run_oneoff(
-        image,
-        ["sh", "-c", script, "alembic", verb, revisions, "--sql"],
-        env={},
-        timeout=env.migration_timeout_seconds,
-    )
-    _, started, output = result.output.partition(_STARTED_MARKER)
-    sql, _, log = output.partition(_STDERR_MARKER)
-    if result.exit_code == 0:
-        return OfflineSql(sql, None, readable=bool(started))
-    return OfflineSql(sql, alembic_error(log or result.output), readable=bool(started))
 
 
 def migration_error(env: ReleaseEnvironment, output: str) -> str:

@@ -18,9 +18,13 @@ def push(
     reference: str,
     credentials: DockerRegistryCredentials | None = None,
     docker_host: DockerHost | None = None,
+    *,
+    same_sources: bool = False,
 ) -> str:
     """Push repository:tag and return repository@sha256:... as the registry serves it.
-    Refused credentials fail at once; unreachable registries are retried with backoff."""
+    Refused credentials fail at once; unreachable registries are retried with backoff. A tag
+    the registry holds for another image is not moved (`same_sources`: the tag is a version
+    derived from the same sources, so the registry's image is released instead)."""
     logger = get_run_logger()
     ref = parse_image_reference(reference)
     auth = None
@@ -29,7 +33,7 @@ def push(
             auth = registry_auth(credentials.username, credentials.password.get_secret_value())
             login(client, credentials.registry_url or ref.registry or "", auth)
             logger.info(f"logged in to {credentials.registry_url} as {credentials.username}")
-        pinned, uploaded = push_image(client, reference, auth, logger.info)
+        pinned, uploaded = push_image(client, reference, auth, logger.info, same_sources)
     if not uploaded:
         logger.info(f"{pinned} was already in the registry")
     return pinned

@@ -1,5 +1,11 @@
-"""verify: the new version answers — N consecutive healthy /health answers showing the
-expected version within a budget — and the expected number of workers is ready."""
+"""verify: the new version answers — N consecutive healthy answers of the health endpoint,
+each showing the expected version, within a budget (after the application's start
+period) — and the expected number of workers is ready.
+
+Where the health answer shows no version (application spec `health.version_source`
+'none'), the answers must be healthy and the platform must show that the API runs the
+expected image: the container of the pinned digest, the tagged revision, the new task
+definition. The log says which proof was used."""
 
 import time
 
@@ -7,48 +13,74 @@ import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from blocks.application import Health
 from blocks.environment import ReleaseEnvironment
 from targets.base import Target
 from targets.errors import StepFailed
 
 
 @task(name="verify-api", cache_policy=NO_CACHE)
-def verify_api(env: ReleaseEnvironment, base_url: str, expected_version: str) -> None:
+def verify_api(
+    env: ReleaseEnvironment, target: Target, url: str, *, version: str | None, image: str | None
+) -> None:
     logger = get_run_logger()
-    url = base_url.rstrip("/") + env.health_path
-    deadline = time.monotonic() + env.health_budget_seconds
+    health = env.application.health
+    url = url.rstrip("/") + health.path
+    budget = health.start_period_seconds + env.health_budget_seconds
+    deadline = time.monotonic() + budget
     streak, last = 0, "no answer yet"
     with httpx.Client(timeout=env.health_request_timeout_seconds) as client:
         while True:
-            healthy, last = _probe(client, url, expected_version)
+            healthy, last = _probe(client, url, health, version)
             streak = streak + 1 if healthy else 0
             if streak >= env.health_consecutive:
-                logger.info(f"{url}: {streak} consecutive healthy answers from {expected_version}")
-                return
+                break
             if time.monotonic() + env.health_interval_seconds > deadline:
                 raise StepFailed(
-                    f"API at {url} not healthy within {env.health_budget_seconds:.0f} s "
+                    f"API at {url} not healthy within {budget:.0f} s "
                     f"({streak}/{env.health_consecutive} consecutive healthy answers); "
                     f"last answer: {last}"
                 )
             time.sleep(env.health_interval_seconds)
+    if health.version_source == "none" and image is not None:
+        proof = target.api_runs(image)
+        logger.info(
+            f"{url}: {streak} consecutive healthy answers; the health answer shows no version "
+            f"(health.version_source='none'), so the platform's word stands for it: {proof}"
+        )
+    else:
+        logger.info(f"{url}: {streak} consecutive healthy answers from {version}")
 
 
-def _probe(client: httpx.Client, url: str, expected_version: str) -> tuple[bool, str]:
+def _probe(
+    client: httpx.Client, url: str, health: Health, expected: str | None
+) -> tuple[bool, str]:
     try:
         response = client.get(url)
     except httpx.HTTPError as exc:
         return False, f"{type(exc).__name__}: {exc}"
+    if response.status_code != 200:
+        return False, f"HTTP {response.status_code} {response.text[:200]}"
+    if health.version_source == "none":
+        return True, "HTTP 200"
+    version = _version(response, health)
+    if version != expected:
+        where = "header" if health.version_source == "header" else "field"
+        return False, (
+            f"HTTP 200 but version {version!r} ({where} {health.version_key!r}), "
+            f"expected {expected!r}"
+        )
+    return True, f"HTTP 200 version {version}"
+
+
+def _version(response: httpx.Response, health: Health) -> str | None:
+    if health.version_source == "header":
+        return response.headers.get(health.version_key)
     try:
         body = response.json()
     except ValueError:
-        body = {}
-    version = body.get("version") if isinstance(body, dict) else None
-    if response.status_code != 200:
-        return False, f"HTTP {response.status_code} {response.text[:200]}"
-    if version != expected_version:
-        return False, f"HTTP 200 but version {version!r}, expected {expected_version!r}"
-    return True, f"HTTP 200 version {version}"
+        return None
+    return body.get(health.version_key) if isinstance(body, dict) else None
 
 
 @task(name="verify-workers", cache_policy=NO_CACHE)

@@ -4,10 +4,17 @@ import shutil
 import uuid
 from pathlib import Path
 
+from blocks.application import ROLES
+from targets.build import BuildPlan, build_images
 from tests.services import REGISTRY_ADDR
 
 BACKEND = Path(__file__).resolve().parents[1] / "examples" / "backend"
-TEST_REPOSITORY = f"{REGISTRY_ADDR}/tests/backend"
+MONOREPO = Path(__file__).resolve().parents[1] / "examples" / "monorepo"
+MONOREPO_VERSIONS = Path("apps/backend/src/rhesis/backend/alembic/versions")
+# One repository per test session: a release never moves a tag, and sessions reuse
+# version names (m-v3, v2) for images that are not byte-identical.
+TEST_REPOSITORY_PATH = f"tests/backend-{uuid.uuid4().hex[:8]}"
+TEST_REPOSITORY = f"{REGISTRY_ADDR}/{TEST_REPOSITORY_PATH}"
 
 
 # How a backend may read its database (the example reads DATABASE_URL): the seed's own
@@ -62,4 +69,36 @@ def backend_context(
         arg = f"ARG {name.upper()}="
         assert arg in dockerfile.read_text(), f"Dockerfile has no {arg}"
         dockerfile.write_text(dockerfile.read_text().replace(arg, arg + value))
+    return context
+
+
+def build_image(
+    context: Path, version: str, args: dict[str, str] | None = None, repository=TEST_REPOSITORY
+) -> str:
+    """A checkout of the example backend built (BuildKit) as repository:version."""
+    plan = BuildPlan(
+        context=context,
+        dockerfile=context / "Dockerfile",
+        repository=repository,
+        version=version,
+        stages=dict.fromkeys(ROLES),
+        args=args or {},
+    )
+    return build_images(plan, lambda _: None)["api"].reference
+
+
+def monorepo_context(root: Path, head: str = "0004", fail_health: bool = False) -> Path:
+    """A copy of examples/monorepo as a checkout at `head` would be (later revisions
+    removed), its /health answering 503 with `fail_health`."""
+    root.mkdir(parents=True, exist_ok=True)
+    context = root / f"monorepo-{head}-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(MONOREPO, context, ignore=shutil.ignore_patterns("__pycache__"))
+    for revision in (context / MONOREPO_VERSIONS).glob("*.py"):
+        if revision.name.split("_", 1)[0] > head:
+            revision.unlink()
+    if fail_health:
+        dockerfile = context / "apps" / "backend" / "Dockerfile"
+        dockerfile.write_text(
+            dockerfile.read_text().replace("ARG FAIL_HEALTH=", "ARG FAIL_HEALTH=1")
+        )
     return context

@@ -11,10 +11,14 @@ import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 
 from blocks.environment import ReleaseEnvironment  # noqa: E402
-from targets.build import build_image  # noqa: E402
 from targets.registry import login, push_image, registry_auth  # noqa: E402
 from tests import services  # noqa: E402
-from tests.backend import BACKEND, TEST_REPOSITORY, backend_context  # noqa: E402, F401
+from tests.backend import (  # noqa: E402, F401
+    BACKEND,
+    TEST_REPOSITORY,
+    backend_context,
+    build_image,
+)
 from tests.releases import local_environment, remove_containers  # noqa: E402
 
 
@@ -62,15 +66,8 @@ def build_backend(engine, registry, tmp_path_factory) -> Callable[..., str]:
         key = (version, head, reads_database, tuple(sorted(build_args.items())))
         if key not in built:
             context = backend_context(root, head, reads_database=reads_database)
-            image = build_image(
-                engine,
-                context,
-                TEST_REPOSITORY,
-                version,
-                lambda _: None,
-                {k.upper(): v for k, v in build_args.items()},
-            )
-            built[key], _ = push_image(engine, image.reference, auth, lambda _: None)
+            reference = build_image(context, version, {k.upper(): v for k, v in build_args.items()})
+            built[key], _ = push_image(engine, reference, auth, lambda _: None)
         return built[key]
 
     return build

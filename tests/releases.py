@@ -60,9 +60,12 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
 
 def local_environment(pg, registry, database: str, **overrides) -> ReleaseEnvironment:
     """A Docker-host environment on the local services, tuned for quick verification."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
     fields = dict(
-        environment=f"t-{uuid.uuid4().hex[:8]}",
-        image_repository=TEST_REPOSITORY,
+        environment=name,
+        # Its own repository: tests reuse version names (v1, v2) for different code, and a
+        # release never moves a tag to another image.
+        image_repository=f"{TEST_REPOSITORY}-{name}",
         registry_credentials=DockerRegistryCredentials(
             username=registry.username, password=registry.password, registry_url=registry.address
         ),
@@ -89,3 +92,11 @@ def refused(cause: type[Exception], match: str | None = None) -> Iterator:
         yield info
     assert isinstance(info.value.cause, cause), repr(info.value.cause)
     assert not info.value.changed
+
+
+def every(read) -> list:
+    """Every item of a paged Prefect API read (e.g. `client.read_logs`)."""
+    items, page = [], 200
+    while batch := read(limit=page, offset=len(items)):
+        items += batch
+    return items

@@ -19,6 +19,7 @@ REGISTRY_USER = os.environ.get("RELEASE_REGISTRY_USER", "release")
 PG_PORT = int(os.environ.get("RELEASE_PG_PORT", "5432"))
 PG_USER = os.environ.get("RELEASE_PG_USER", "release")
 HINT = "start the services first: sudo scripts/services.sh all"
+SOCKET_DIR = "/var/run/postgresql"
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class Postgres:
 
     def url(self, database: str, host: str = "127.0.0.1") -> str:
         return f"postgresql://{self.user}:{self.password}@{host}:{self.port}/{database}"
+
+    def socket_url(self, database: str) -> str:
+        """The URL over PostgreSQL's Unix socket (mounted into bridge-network containers)."""
+        return (
+            f"postgresql://{self.user}:{self.password}@/{database}"
+            f"?host={SOCKET_DIR}&port={self.port}"
+        )
 
     def admin(self) -> psycopg.Connection:
         return psycopg.connect(self.url(self.user), autocommit=True)

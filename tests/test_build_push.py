@@ -5,11 +5,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect_docker import DockerRegistryCredentials
 
+from blocks.application import Build
 from blocks.environment import load_environment
+from targets.build import BuiltImage
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 from tasks.build import build
 from tasks.push import push
-from tests.conftest import TEST_REPOSITORY, backend_context
+from tests.backend import TEST_REPOSITORY, TEST_REPOSITORY_PATH, backend_context
 
 pytestmark = pytest.mark.docker
 
@@ -22,9 +24,14 @@ def creds(registry, password=None, address=None):
     )
 
 
+def build_api(source: str, version: str, ref: str | None = None) -> BuiltImage:
+    """The build task on the default application spec: the API role's image."""
+    return build(Build(source=source, ref=ref), TEST_REPOSITORY, version=version)["api"]
+
+
 def test_build_then_push_serves_the_same_digest(engine, registry, tmp_path):
     context = backend_context(tmp_path)
-    built = build(str(context), TEST_REPOSITORY, version=f"bp-{uuid.uuid4().hex[:6]}")
+    built = build_api(str(context), version=f"bp-{uuid.uuid4().hex[:6]}")
 
     image = engine.images.get(built.reference)
     assert image.id == built.image_id
@@ -33,7 +40,7 @@ def test_build_then_push_serves_the_same_digest(engine, registry, tmp_path):
     pinned = push(built.reference, creds(registry))
     repository, digest = pinned.split("@")
     assert repository == TEST_REPOSITORY
-    assert registry.manifest_digest("tests/backend", built.version) == digest
+    assert registry.manifest_digest(TEST_REPOSITORY_PATH, built.version) == digest
 
     # Pushing again sends nothing and answers with the same digest.
     assert push(built.reference, creds(registry)) == pinned
@@ -52,7 +59,7 @@ def test_build_from_git_url_and_ref_labels_the_commit(engine, tmp_path):
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "later"], check=True)
 
-    built = build(f"file://{repo}", TEST_REPOSITORY, version="from-git", git_ref=commit)
+    built = build_api(f"file://{repo}", version="from-git", ref=commit)
 
     labels = engine.images.get(built.reference).labels
     assert labels["org.opencontainers.image.revision"] == commit
@@ -61,7 +68,7 @@ def test_build_from_git_url_and_ref_labels_the_commit(engine, tmp_path):
 
 def test_wrong_password_is_refused_and_nothing_is_pushed(registry, tmp_path):
     tag = f"wrongpw-{uuid.uuid4().hex[:6]}"
-    built = build(str(backend_context(tmp_path)), TEST_REPOSITORY, version=tag)
+    built = build_api(str(backend_context(tmp_path)), version=tag)
 
     state = push(built.reference, creds(registry, password="not-the-password"), return_state=True)
 
@@ -70,11 +77,11 @@ def test_wrong_password_is_refused_and_nothing_is_pushed(registry, tmp_path):
         state.result()
     assert "not-the-password" not in str(info.value)
     assert _run_count(state) == 1  # refused credentials are not retried
-    assert registry.manifest_digest("tests/backend", tag) is None
+    assert registry.manifest_digest(TEST_REPOSITORY_PATH, tag) is None
 
 
 def test_unreachable_registry_is_retried_then_fails_clearly(engine, registry, tmp_path):
-    built = build(str(backend_context(tmp_path)), TEST_REPOSITORY, version="unreachable")
+    built = build_api(str(backend_context(tmp_path)), version="unreachable")
     engine.images.get(built.reference).tag("127.0.0.1:5999/tests/backend", "unreachable")
 
     state = push(
@@ -97,7 +104,7 @@ def test_malformed_image_reference_is_refused(registry, reference):
 
 def test_nonexistent_build_context_is_refused(tmp_path):
     with pytest.raises(ConfigurationError, match="does not exist"):
-        build(str(tmp_path / "nope"), TEST_REPOSITORY, version="x")
+        build_api(str(tmp_path / "nope"), version="x")
 
 
 def test_missing_environment_block_names_the_fix():

@@ -13,6 +13,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect_gcp import GcpCredentials
 from pydantic import ValidationError
 
+from blocks.application import ApplicationSpec, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import connect_target
 from flows.errors import ReleaseFailed
@@ -311,7 +312,8 @@ def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
     image = build_backend("cr-iso", reads_database="sqlalchemy-url")
     cloud_run = dict(target="cloudrun", cloud_run=settings, registry_credentials=None)
     old_way = make_env(database, env={"SQLALCHEMY_DATABASE_URL": pg.url(database)}, **cloud_run)
-    named = make_env(database, database_url_variables=["SQLALCHEMY_DATABASE_URL"], **cloud_run)
+    wired = ApplicationSpec(database=Database(url_variables=["SQLALCHEMY_DATABASE_URL"]))
+    named = make_env(database, application=wired, **cloud_run)
     rehearsal = task(rehearse)
     scratch_round_trip = dict(current=None, head="0003", round_trip=True)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from blocks.application import ApplicationSpec, Database
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
@@ -504,12 +505,13 @@ def test_the_rehearsal_task_proves_it_talks_to_the_scratch_database(
         cluster=stack.settings.cluster, service="api", taskDefinition=revision, desiredCount=0
     )
 
-    with pytest.raises(RehearsalNotIsolated, match="database_url_variables"):
+    with pytest.raises(RehearsalNotIsolated, match="database.url_variables"):
         old_way = ecs_environment()
         check_migrations(old_way, connect_target(old_way), image, current=None)
     assert schema(pg, stack.database) is None
 
-    named = ecs_environment(database_url_variables=["SQLALCHEMY_DATABASE_URL"])
+    database = Database(url_variables=["SQLALCHEMY_DATABASE_URL"])
+    named = ecs_environment(application=ApplicationSpec(database=database))
     check = check_migrations(named, connect_target(named), image, current=None)
 
     assert check.pending == ["0001", "0002", "0003"] and check.rehearsal_seconds > 0

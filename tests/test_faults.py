@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -32,7 +33,7 @@ from targets.docker_host import L_ENV, L_IMAGE, L_SERVICE, L_VERSION
 from targets.errors import ConfigurationError, TransientError
 from tests.backend import backend_context
 from tests.faults import HttpFaultProxy
-from tests.releases import release_from, running, schema, served_version, task_run_counts
+from tests.releases import every, release_from, running, schema, served_version, task_run_counts
 from tests.services import free_port
 
 pytestmark = [pytest.mark.faults, pytest.mark.docker]
@@ -98,7 +99,7 @@ def through(proxy: HttpFaultProxy, registry) -> dict:
     """Environment fields that push and pull through `proxy` instead of the registry."""
     address = f"127.0.0.1:{proxy.port}"
     return dict(
-        image_repository=f"{address}/tests/backend",
+        image_repository=f"{address}/tests/backend-{uuid.uuid4().hex[:8]}",
         registry_credentials=DockerRegistryCredentials(
             username=registry.username, password=registry.password, registry_url=address
         ),
@@ -400,9 +401,9 @@ def test_no_secret_in_any_log_artifact_state_or_error(pg, registry):
     secrets |= {f"database URL {i}": url for i, url in enumerate(DATABASE_URLS)}
     texts = list(SEEN)
     with get_client(sync_client=True) as client:
-        logs = _all(client.read_logs)
-        artifacts = _all(client.read_artifacts)
-        runs = _all(client.read_flow_runs) + _all(client.read_task_runs)
+        logs = every(client.read_logs)
+        artifacts = every(client.read_artifacts)
+        runs = every(client.read_flow_runs) + every(client.read_task_runs)
     texts += [log.message for log in logs]
     texts += [json.dumps(a.data) + json.dumps(a.description or "") for a in artifacts]
     texts += [run.state.message or "" for run in runs if run.state]
@@ -412,11 +413,3 @@ def test_no_secret_in_any_log_artifact_state_or_error(pg, registry):
     assert all(len(secret) >= 8 for secret in secrets.values())
     leaks = {name for text in texts for name, secret in secrets.items() if secret in text}
     assert not leaks, f"found in logs, artifacts, states or errors: {sorted(leaks)}"
-
-
-def _all(read) -> list:
-    """Every item of a paged Prefect API read."""
-    items, page = [], 200
-    while batch := read(limit=page, offset=len(items)):
-        items += batch
-    return items

@@ -12,15 +12,13 @@ from blocks.environment import connect_target
 from flows.errors import ReleaseFailed
 from flows.lock import in_flight
 from flows.release import release
-from targets.build import build_image
 from targets.database import alembic_in_process, read_revision
 from targets.docker_host import L_ENV
 from targets.errors import StepFailed
-from targets.migration_lint import lint, split_revisions
+from targets.migration_lint import lint
 from targets.registry import push_image, registry_auth
-from tasks.check_migrations import MigrationRefused, check_migrations
-from tasks.migrate import render_offline_sql
-from tests.conftest import BACKEND, TEST_REPOSITORY, backend_context
+from tasks.check_migrations import MigrationRefused, check_migrations, probe_revisions
+from tests.conftest import BACKEND, backend_context, build_image
 from tests.releases import refused, schema, served_version
 
 pytestmark = [pytest.mark.migrations, pytest.mark.docker]
@@ -151,9 +149,7 @@ def image(engine, registry, tmp_path_factory):
             variant = dict(VARIANTS[version])
             context = backend_context(root, "0003", variant.pop("extra"))
             args = {name.upper(): value for name, value in variant.items()}
-            reference = build_image(
-                engine, context, TEST_REPOSITORY, version, lambda _: None, args
-            ).reference
+            reference = build_image(context, version, args)
             built[version], _ = push_image(engine, reference, auth, lambda _: None)
         return built[version]
 
@@ -195,12 +191,11 @@ def containers(engine, env) -> list[str]:
 
 def test_each_rule_is_caught_and_its_safe_alternative_passes(make_env, database, image):
     env = make_env(database)
-    rendered = render_offline_sql(
-        env, connect_target(env), image("ms-samples"), verb="upgrade", revisions="0003:head"
+    probed = probe_revisions(
+        env, connect_target(env), image("ms-samples"), lower="0003", upper="heads"
     )
-    assert rendered.error is None
-    revisions = split_revisions(rendered.sql)
-    findings = lint(revisions)
+    assert not [r.revision for r in probed if r.upgrade is None]  # every one rendered
+    findings = lint([r.upgrade for r in probed])
 
     by_revision = {}
     for finding in findings:

@@ -6,6 +6,7 @@ old way it refuses, and the real database keeps its revision, tables and rows.""
 import httpx
 import pytest
 
+from blocks.application import ApplicationSpec, Database
 from flows.lock import in_flight
 from flows.plan import plan
 from flows.release import release
@@ -68,7 +69,7 @@ def test_configured_the_old_way_plan_and_release_refuse_and_the_database_is_unto
         assert "migration rehearsal refused: the application in" in refusal
         assert refusal.endswith("Nothing was changed.")
         assert f"It most likely reads {', '.join(sorted(plain))}" in refusal
-        assert "list it in `database_url_variables`" in refusal
+        assert "list it in the application spec's `database.url_variables`" in refusal
         assert pg.password not in refusal
     assert application_data(pg, database) == at_0002_with_rows
     assert running(engine, env, "api") == []
@@ -91,8 +92,8 @@ def test_configured_the_old_way_a_first_release_leaves_an_empty_database_empty(
 @pytest.mark.parametrize(
     "reads, wiring",
     [
-        ("sqlalchemy-url", {"database_url_variables": ["SQLALCHEMY_DATABASE_URL"]}),
-        ("url-parts", {"database_url_variables": [], "database_url_parts": URL_PARTS}),
+        ("sqlalchemy-url", Database(url_variables=["SQLALCHEMY_DATABASE_URL"])),
+        ("url-parts", Database(url_variables=[], url_parts=URL_PARTS)),
     ],
 )
 def test_with_the_variables_named_the_rehearsal_runs_on_scratch_and_the_release_completes(
@@ -100,7 +101,7 @@ def test_with_the_variables_named_the_rehearsal_runs_on_scratch_and_the_release_
 ):
     v1 = build_backend(f"iso-{reads}-v1", head="0002", reads_database=reads)
     v2 = build_backend(f"iso-{reads}-v2", reads_database=reads)
-    env = make_env(database, worker_count=1, **wiring)
+    env = make_env(database, worker_count=1, application=ApplicationSpec(database=wiring))
     env.save(env.environment, overwrite=True)
 
     first = release(env.environment, image=v1)
