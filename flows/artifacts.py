@@ -1,10 +1,50 @@
-"""What a person reads in the Prefect UI about a change: the summary of one release
-(markdown, `release-<environment>`) and the ledger of an environment (a table,
-`ledger-<environment>`), both views of ReleaseRecord."""
+"""What a person reads in the Prefect UI about a change: its progress while it runs
+(`progress-<environment>`), the summary of one release with its step timeline (markdown,
+`release-<environment>`) and the ledger of an environment (a table, `ledger-<environment>`),
+all views of ReleaseRecord."""
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from uuid import UUID
 
-from ledger.record import ReleaseRecord
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+from ledger.record import ReleaseRecord, Step
+
+TIMELINE_WIDTH = 24
+
+
+class Progress:
+    """The progress artifact of one change, moved on as its steps end. A change runs about
+    `planned` steps; the bar stops short of full until the change ends."""
+
+    def __init__(self, record: ReleaseRecord, planned: int):
+        self.record, self.planned = record, max(planned, 1)
+        self.artifact_id: UUID | None = None
+
+    def step_ended(self, step: Step) -> None:
+        done = sum(1 for s in self.record.steps if s.outcome != "running")
+        self._show(
+            min(95.0, 100.0 * done / self.planned),
+            f"{self.record.title}: {step.name} {step.outcome} ({done} steps done)",
+        )
+
+    def ended(self) -> None:
+        self._show(100.0, f"{self.record.title}: {self.record.outcome}")
+
+    def _show(self, progress: float, description: str) -> None:
+        try:
+            if self.artifact_id is None:
+                key = f"progress-{self.record.environment}"
+                self.artifact_id = create_progress_artifact(progress, key, description)
+            else:
+                update_progress_artifact(self.artifact_id, progress, description)
+        except Exception as exc:  # noqa: BLE001 - a progress bar never fails a release
+            get_run_logger().warning(f"could not show the progress: {exc}")
 
 
 def publish_summary(record: ReleaseRecord) -> None:
@@ -16,8 +56,10 @@ def publish_summary(record: ReleaseRecord) -> None:
 
 
 def summary_markdown(record: ReleaseRecord) -> str:
+    total = max((s.started or 0) + (s.seconds or 0) for s in record.steps) if record.steps else 0
     steps = "\n".join(
-        f"| {s.name} | {'' if s.seconds is None else f'{s.seconds:.1f} s'} | {s.outcome} |"
+        f"| {s.name} | {_seconds(s.started)} | {_seconds(s.seconds)} | {s.outcome} | "
+        f"`{timeline(s, total)}` |"
         for s in record.steps
     )
     return (
@@ -29,8 +71,22 @@ def summary_markdown(record: ReleaseRecord) -> str:
         f"| schema revision | {record.schema_before or 'base'} -> "
         f"{record.schema_after or 'base'} |\n"
         f"| workers | {_count(record.workers_before)} -> {_count(record.workers_after)} |\n\n"
-        f"| step | duration | outcome |\n|---|---|---|\n{steps}\n"
+        f"| step | start | duration | outcome | timeline |\n|---|---|---|---|---|\n{steps}\n"
     )
+
+
+def timeline(step: Step, total: float) -> str:
+    """The step as a bar across the change's wall time: when it ran, at a glance."""
+    if not total or step.started is None:
+        return "·" * TIMELINE_WIDTH
+    start = round(TIMELINE_WIDTH * step.started / total)
+    length = max(1, round(TIMELINE_WIDTH * (step.seconds or 0) / total))
+    start = min(start, TIMELINE_WIDTH - length)
+    return "·" * start + "█" * length + "·" * (TIMELINE_WIDTH - start - length)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f} s"
 
 
 def publish_ledger(environment: str, records: list[ReleaseRecord]) -> None:

@@ -28,6 +28,21 @@ from ledger.record import Compensation
 from tasks.check_migrations import check_migrations
 from tasks.migrate import migrate
 
+# The steps a release runs, for its progress bar (a no-op ends after the push).
+RELEASE_STEPS = (
+    "snapshot",
+    "build",
+    "push",
+    "confirm-push",
+    "check-migrations",
+    "migrate",
+    "scale-workers",
+    "deploy-api",
+    "verify-api",
+    "verify-workers",
+    "promote-api",
+)
+
 
 @flow(name="release", flow_run_name="release {environment}")
 def release(
@@ -65,7 +80,8 @@ def release(
     except Exception as exc:
         raise ReleaseFailed.refused(f"release to {environment}", exc) from exc
 
-    with Saga.begin(env, "release", request.describe(env.application.build)) as saga:
+    source = request.describe(env.application.build)
+    with Saga.begin(env, "release", source, planned=len(RELEASE_STEPS)) as saga:
         prepared = prepare(saga, request)
         snapshot, images, version = prepared.snapshot, prepared.images, prepared.version
         saga.record.took_snapshot(snapshot)

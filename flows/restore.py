@@ -29,7 +29,7 @@ from tasks.verify import verify_api
 
 def restore(env: ReleaseEnvironment, to: str) -> list[str]:
     """Put back the release `to` (a ledger id, or "previous"); return what was restored."""
-    with Saga.begin(env, "restore", f"ledger: {to}", schema_undo="upgrade") as saga:
+    with Saga.begin(env, "restore", f"ledger: {to}", schema_undo="upgrade", planned=10) as saga:
         snapshot = saga.step("snapshot", take_snapshot, env, saga.target)
         saga.record.took_snapshot(snapshot)
         with Ledger(env.database_url_value()) as ledger:

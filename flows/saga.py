@@ -22,6 +22,7 @@ are published and the environment's notification block is told.
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
@@ -30,7 +31,7 @@ from prefect.futures import PrefectFuture
 
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows import lock
-from flows.artifacts import publish_ledger, publish_summary
+from flows.artifacts import Progress, publish_ledger, publish_summary
 from flows.compensate import compensate
 from flows.errors import ReleaseFailed, RollbackFailed
 from flows.notifications import notifier, notify
@@ -42,10 +43,12 @@ from targets.base import Target
 
 @dataclass
 class StepRun:
-    """A step submitted to run concurrently; its result (or error) marks the step."""
+    """A step submitted to run concurrently; its result (or error) marks the step and
+    tells `on_end`."""
 
     step: Step
     future: PrefectFuture
+    on_end: Callable[[Step], None]
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
@@ -67,6 +70,7 @@ class StepRun:
     def _mark(self, outcome: str) -> None:
         self.step.seconds = (self.ended or time.monotonic()) - self.started
         self.step.outcome = outcome
+        self.on_end(self.step)
 
 
 class Steps:
@@ -74,6 +78,7 @@ class Steps:
 
     def __init__(self, env: ReleaseEnvironment, target: Target, steps: list[Step]):
         self.env, self.target, self.steps = env, target, steps
+        self.started = time.monotonic()
 
     def step(self, name: str, task, *args, **kwargs):
         """Run `task` as step `name` and return its result (raising its error)."""
@@ -81,17 +86,23 @@ class Steps:
 
     def submit(self, name: str, task, *args, **kwargs) -> StepRun:
         """Start `task` as step `name` concurrently; `.result()` waits for it."""
-        step = Step(name=name)
+        step = Step(name=name, started=round(time.monotonic() - self.started, 3))
         self.steps.append(step)
-        return StepRun(step, task.submit(*args, **kwargs))
+        return StepRun(step, task.submit(*args, **kwargs), self._ended)
+
+    def _ended(self, step: Step) -> None:
+        """Told when a step ends (the saga shows its progress)."""
 
 
 class Saga(Steps):
     """One change of one environment, with the one target adapter it runs against."""
 
-    def __init__(self, env: ReleaseEnvironment, target: Target, record: ReleaseRecord):
+    def __init__(
+        self, env: ReleaseEnvironment, target: Target, record: ReleaseRecord, planned: int = 10
+    ):
         super().__init__(env, target, record.steps)
         self.record = record
+        self.progress = Progress(record, planned)
 
     @classmethod
     def begin(
@@ -100,9 +111,11 @@ class Saga(Steps):
         kind: Literal["release", "restore"],
         source: str | None,
         schema_undo: Literal["downgrade", "upgrade"] = "downgrade",
+        planned: int = 10,
     ) -> "Saga":
         """Check the notification block, connect to the target, take the environment's
-        lock and open its ledger row. Nothing has changed if this fails."""
+        lock and open its ledger row. Nothing has changed if this fails. `planned`: about
+        how many steps it will run (for its progress bar)."""
         record = ReleaseRecord(
             environment=env.environment,
             kind=kind,
@@ -129,7 +142,7 @@ class Saga(Steps):
             lock.free(env.environment)
             target.close()
             raise ReleaseFailed.refused(record.title, exc) from exc
-        return cls(env, target, record)
+        return cls(env, target, record, planned)
 
     @classmethod
     def resume(cls, env: ReleaseEnvironment, record: ReleaseRecord) -> "Saga":
@@ -154,6 +167,9 @@ class Saga(Steps):
                 self._fail(error)
         finally:
             self.target.close()
+
+    def _ended(self, step: Step) -> None:
+        self.progress.step_ended(step)
 
     def register(self, *compensations: Compensation) -> None:
         """Record undo steps BEFORE their mutations run; each is safe to apply regardless."""
@@ -235,5 +251,6 @@ class Saga(Steps):
         except Exception as exc:  # noqa: BLE001 - reported, the outcome stands
             logger.warning(f"could not write the ledger row {record.short_id}: {exc}")
         publish_summary(record)
+        self.progress.ended()
         notify(self.env, record)
         (logger.info if outcome in ("released", "restored", "no-op") else logger.error)(message)

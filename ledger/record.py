@@ -54,6 +54,7 @@ class Expected:
 
 class Step(BaseModel):
     name: str
+    started: float | None = None  # seconds after the record started
     seconds: float | None = None
     outcome: str = "running"  # running | ok | failed
 

@@ -1,6 +1,7 @@
 """The release flow and its rollback on the local Docker host, against real services."""
 
 import pytest
+from prefect.client.orchestration import get_client
 from prefect_docker import DockerRegistryCredentials
 
 from flows.lock import in_flight
@@ -34,6 +35,16 @@ def test_release_v1_then_v2(environment, engine, pg, database, tmp_path):
         f"{environment.environment}-worker-0",
         f"{environment.environment}-worker-1",
     }  # the previous API is retired once the new one is verified
+    progress = latest_artifact(f"progress-{environment.environment}")
+    assert (progress.type, progress.data) == ("progress", 100.0)
+    summary = latest_artifact(f"release-{environment.environment}").data
+    assert "| step | start | duration | outcome | timeline |" in summary
+    assert "| verify-api |" in summary and "█" in summary
+
+
+def latest_artifact(key: str):
+    with get_client(sync_client=True) as client:
+        return next(a for a in client.read_latest_artifacts() if a.key == key)
 
 
 def test_same_release_twice_is_a_no_op(environment, engine, tmp_path):
