@@ -23,8 +23,13 @@ install: $(STAMP)
 services:
 	scripts/services.sh all
 
+# Independent tests run in parallel (pytest-xdist); tests sharing an expensive fixture
+# (a Prefect server, the AWS emulator, a module's images) or a session-wide check (the
+# fault suite's secrets scan) stay together (xdist_group). TEST_WORKERS=1 runs serially.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

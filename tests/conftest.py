@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 # Tests wait less between retries than production does; set before tasks are imported.
@@ -66,7 +67,12 @@ def build_backend(engine, registry, tmp_path_factory) -> Callable[..., str]:
         key = (version, head, reads_database, tuple(sorted(build_args.items())))
         if key not in built:
             context = backend_context(root, head, reads_database=reads_database)
-            reference = build_image(context, version, {k.upper(): v for k, v in build_args.items()})
+            args = {k.upper(): v for k, v in build_args.items()}
+            # Each variant in its own repository: one version name may be built from other
+            # revisions or switches, and a tag is never moved to another image.
+            variant = hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+            repository = f"{TEST_REPOSITORY}-{variant}"
+            reference = build_image(context, version, args, repository=repository)
             built[key], _ = push_image(engine, reference, auth, lambda _: None)
         return built[key]
 

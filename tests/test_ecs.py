@@ -25,11 +25,11 @@ from targets.errors import AuthenticationError, ConfigurationError, StepFailed, 
 from targets.registry import login, push_image, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
-from tests.conftest import TEST_REPOSITORY, backend_context
+from tests.conftest import backend_context
 from tests.fakes.ecs import REGION, FakeEcs
 from tests.releases import refused, release_from, schema, task_run_counts
 
-pytestmark = [pytest.mark.ecs, pytest.mark.docker]
+pytestmark = [pytest.mark.ecs, pytest.mark.docker, pytest.mark.xdist_group("ecs")]
 
 CONTAINER = "backend"
 UPGRADE = ["alembic", "upgrade", "head"]
@@ -55,14 +55,6 @@ def fake_ecs(engine, registry):
     yield fake
     fake.stop()
     assert not fake.agent.errors, fake.agent.errors
-
-
-@pytest.fixture(scope="module")
-def ecr_repository(fake_ecs) -> str:
-    """The ECR repository releases push to, created once as a user creates it before a push."""
-    name = TEST_REPOSITORY.split("/", 1)[1]
-    fake_ecs.client("ecr").create_repository(repositoryName=name)
-    return name
 
 
 @dataclass
@@ -322,9 +314,10 @@ def test_missing_service_or_cluster_is_a_configuration_error(stack, build_backen
 
 
 def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push(
-    fake_ecs, ecr_repository, engine, registry, build_backend
+    fake_ecs, engine, registry, build_backend
 ):
-    build_backend("ecs-v1")
+    repository = build_backend("ecs-v1").split("@")[0]
+    fake_ecs.client("ecr").create_repository(repositoryName=repository.split("/", 1)[1])
     settings = EcsSettings(
         aws_credentials=fake_ecs.credentials(),
         cluster="unused",
@@ -337,7 +330,7 @@ def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push
     assert (creds.username, creds.registry_url) == ("AWS", registry.address)
     auth = registry_auth(creds.username, creds.password.get_secret_value())
     login(engine, registry.address, auth)  # the registry accepts the decoded ECR token
-    pinned, _ = push_image(engine, f"{TEST_REPOSITORY}:ecs-v1", auth, lambda _: None)
+    pinned, _ = push_image(engine, f"{repository}:ecs-v1", auth, lambda _: None)
 
     confirm_pushed_image(settings, pinned)
     never_pushed = pinned.split("@")[0] + "@sha256:" + "0" * 64
@@ -349,10 +342,11 @@ def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push
 
 # -- the release flow against the ECS stack ---------------------------------------------------
 @pytest.fixture
-def ecs_environment(stack, make_env, ecr_repository) -> Callable[..., ReleaseEnvironment]:
+def ecs_environment(stack, make_env) -> Callable[..., ReleaseEnvironment]:
     """Save a ReleaseEnvironment on the stack (`aws_credentials` replaces the stack's, other
     keywords are environment fields); no registry credentials block, so the push logs in with
-    an ECR authorization token."""
+    an ECR authorization token. Its ECR repository is created, as a user creates one before
+    the first push."""
 
     def save(aws_credentials=None, **overrides) -> ReleaseEnvironment:
         settings = stack.settings
@@ -361,6 +355,8 @@ def ecs_environment(stack, make_env, ecr_repository) -> Callable[..., ReleaseEnv
         env = make_env(
             stack.database, target="ecs", ecs=settings, registry_credentials=None, **overrides
         )
+        repository = env.image_repository.split("/", 1)[1]
+        stack.fake.client("ecr").create_repository(repositoryName=repository)
         env.save(env.environment, overwrite=True)
         return env
 

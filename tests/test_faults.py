@@ -36,7 +36,8 @@ from tests.faults import HttpFaultProxy
 from tests.releases import every, release_from, running, schema, served_version, task_run_counts
 from tests.services import free_port
 
-pytestmark = [pytest.mark.faults, pytest.mark.docker]
+# One worker runs them all: the last one scans what the others left for secrets.
+pytestmark = [pytest.mark.faults, pytest.mark.docker, pytest.mark.xdist_group("faults")]
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ["written under v1", "also under v1"]

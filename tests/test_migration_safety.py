@@ -21,7 +21,11 @@ from tasks.check_migrations import MigrationRefused, check_migrations, probe_rev
 from tests.conftest import BACKEND, backend_context, build_image
 from tests.releases import refused, schema, served_version
 
-pytestmark = [pytest.mark.migrations, pytest.mark.docker]
+pytestmark = [
+    pytest.mark.migrations,
+    pytest.mark.docker,
+    pytest.mark.xdist_group("migration-safety"),  # shares the module's images
+]
 
 
 def revision(rev: str, down: str, upgrade: str, downgrade: str = "pass") -> str:

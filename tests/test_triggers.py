@@ -53,7 +53,7 @@ from tests.stack import (
     start_worker,
 )
 
-pytestmark = pytest.mark.triggers
+pytestmark = [pytest.mark.triggers, pytest.mark.xdist_group("triggers")]  # one Prefect stack
 
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DIGEST = "sha256:" + "ab" * 32
