@@ -2,19 +2,24 @@
 parsing, authentication, body and time limits, the delivered-push record, block routes,
 and property-based fuzzing of every route's body, headers and query.
 
-Here the Prefect side is a recorder (it can be told to be unavailable) so that exactly
-which events were sent is known; tests/test_triggers.py runs the bridge against a real
-`prefect server start`, and the session's Prefect test API serves the block routes below.
+Most tests here give the bridge a recording Prefect (it can be told to be unavailable),
+so that exactly which events were sent is known; the session's Prefect test API serves the
+block routes and the events client. The last test proves durability against a real
+`prefect server start`, stopped and started again; tests/test_triggers.py releases a real
+push end to end.
 """
 
 import asyncio
 import base64
+import io
 import json
 import re
 import socket
+import tarfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -25,10 +30,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter
+from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
 from deployments.event_bridge import (
+    EVENT,
     BlockRoutes,
     Bridge,
     FixedRoutes,
@@ -44,7 +53,9 @@ from deployments.push_delivery import (
     PrefectUnavailable,
 )
 from deployments.push_events import Push, parse
+from targets.registry import login, push_image, registry_auth
 from tests.services import free_port
+from tests.stack import VENV_BIN, Processes, Stack, start_bridge, start_registry, start_server
 
 TOKEN = "bridge-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -649,3 +660,140 @@ def test_fuzz_raw_request_lines_and_headers_always_get_an_http_answer(bridge, ta
     answer = raw(bridge.port, request)
 
     assert re.match(rb"HTTP/1\.1 (200|4\d\d) ", answer), answer[:200]
+
+
+# --- durability, for real: a Prefect outage and a bridge restart -------------------------
+#
+# A real `prefect server start` of its own (tests/stack.py), stopped for about 60 s, the
+# event bridge (restarted once during the outage; routes from the environment blocks) and
+# a second real docker-registry whose notifications go to the bridge, 20 real pushes of
+# 20 different images meanwhile. No worker runs: each push's trigger creates a
+# `release-pushed-image` run that stays Scheduled, so counting runs per digest is cheap.
+
+DEPLOYMENT = "release-pushed-image"
+OUTAGE_SECONDS = 60
+PUSHES = 20
+
+
+def stop(processes: Processes, name: str) -> None:
+    [proc] = [p for n, p, _ in processes.started if n == name and p.poll() is None]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def start_server_again(processes: Processes, stack: Stack, database_url: str) -> None:
+    """The stopped server, on its port and database (deployments and automations kept)."""
+    port = stack.api_url.rsplit(":", 1)[1].split("/")[0]
+    processes.start(
+        "server-2",
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
+        {**stack.env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url},
+    )
+    processes.wait_http("server-2", f"{stack.api_url}/health")
+
+
+def tiny_image(engine, reference: str) -> None:
+    """A one-file image of its own (a distinct digest), made without a base image."""
+    content = uuid.uuid4().hex.encode()
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("stamp")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    repository, tag = reference.rsplit(":", 1)
+    engine.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag)
+
+
+def runs_per_digest(stack: Stack) -> Counter:
+    with stack.client() as client:
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT]))
+        )
+    return Counter(run.parameters["digest"] for run in runs)
+
+
+def pushed_events(stack: Stack) -> int:
+    with stack.client() as client:
+        page = client.read_events(EventFilter(event=EventNameFilter(name=[EVENT])), limit=1)
+    return page.total
+
+
+def wait_for(check, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(1)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def outage_stack(tmp_path, registry):
+    processes = Processes(tmp_path)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    try:
+        stack = start_server(processes, tmp_path, database_url)
+        registry2 = start_registry(processes, stack)
+        with stack.settings():
+            ReleaseEnvironment(
+                environment=f"{stack.prefix}-staging",
+                image_repository=f"{registry2}/tests/outage",
+                registry_credentials=DockerRegistryCredentials(
+                    username=registry.username, password=registry.password, registry_url=registry2
+                ),
+                database_url=Secret(value="postgresql://nobody@127.0.0.1:1/never-used"),
+                push_routes=[f"{registry2}/tests/outage:*"],
+            ).save("staging", overwrite=True)
+        start_bridge(processes, stack, route=None)
+        yield processes, stack, registry2, database_url
+    finally:
+        processes.stop_all()
+
+
+@pytest.mark.triggers
+@pytest.mark.faults
+def test_pushes_during_an_outage_and_a_bridge_restart_are_each_released_once(
+    outage_stack, engine, registry
+):
+    processes, stack, registry2, database_url = outage_stack
+    auth = registry_auth(registry.username, registry.password)
+    login(engine, registry2, auth)
+    references = [f"{registry2}/tests/outage:p{i}" for i in range(PUSHES + 1)]
+    for reference in references:
+        tiny_image(engine, reference)
+
+    def push(reference: str) -> str:
+        return push_image(engine, reference, auth, lambda _: None)[0].split("@")[1]
+
+    try:
+        stop(processes, "server")
+        stopped = time.monotonic()
+        digests = [push(reference) for reference in references[: PUSHES // 2]]
+        stop(processes, "bridge")
+        start_bridge(processes, stack, route=None, name="bridge-2", save_token=False)
+        digests += [push(reference) for reference in references[PUSHES // 2 : PUSHES]]
+        time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
+        start_server_again(processes, stack, database_url)
+
+        # The registry delivers in order: once the sentinel pushed now has its run, the
+        # bridge has had every notification before it (and the redeliveries).
+        sentinel = push(references[PUSHES])
+        wait_for(
+            lambda: all(runs_per_digest(stack)[d] for d in [*digests, sentinel]),
+            "a run for every push",
+        )
+
+        runs = runs_per_digest(stack)
+        assert len(set(digests)) == PUSHES
+        assert {digest: runs[digest] for digest in digests} == dict.fromkeys(digests, 1)
+        assert sum(runs.values()) == PUSHES + 1
+        # One event per push, none sent twice (the server stores events in batches).
+        assert wait_for(lambda: pushed_events(stack) >= PUSHES + 1, "events") is True
+        assert pushed_events(stack) == PUSHES + 1
+        bridge_logs = processes.log("bridge") + processes.log("bridge-2")
+        assert bridge_logs.count("-> staging (event ") == PUSHES + 1
+        assert "answering 503" in bridge_logs
+        assert stack.token not in bridge_logs
+    finally:
+        for reference in references:
+            engine.images.remove(reference, force=True)
