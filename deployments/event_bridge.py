@@ -109,7 +109,9 @@ class BlockRoutes:
     push matches none, at most every `miss_seconds`. Block documents are read without
     their secrets: the bridge never holds a database URL or registry password."""
 
-    def __init__(self, client: PrefectClient, refresh_seconds=60.0, miss_seconds=5.0):
+    def __init__(
+        self, client: PrefectClient, refresh_seconds: float = 60.0, miss_seconds: float = 5.0
+    ):
         self._client = client
         self._routes: TTLCache[str, Routes] = TTLCache(maxsize=1, ttl=refresh_seconds)
         self._recent: TTLCache[str, bool] = TTLCache(maxsize=1, ttl=miss_seconds)
