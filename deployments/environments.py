@@ -4,9 +4,10 @@
 name is a Release Environment block of the same name. Add an environment here, create its
 block, then run `python -m deployments.setup` and `prefect deploy --all` again.
 
-`PUSH_ROUTES` maps `registry/repository:tag` patterns (shell-style, `*` matches anything)
-to the environment a pushed image is released to; the first match wins. The event bridge's
-`--route PATTERN=ENVIRONMENT` options replace them.
+A push route maps a `registry/repository:tag` pattern (shell-style, `*` matches anything)
+to the environment a pushed image is released to. The event bridge takes its routes from
+its `--route PATTERN=ENVIRONMENT` options (the first match wins) or, without any, from the
+`push_routes` of the Release Environment blocks (a push two environments claim is refused).
 """
 
 from fnmatch import fnmatchcase
@@ -15,20 +16,24 @@ from typing import Literal, get_args
 Environment = Literal["staging", "production"]
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
-PUSH_ROUTES: tuple[tuple[str, str], ...] = (
-    ("*/rhesis/backend:v*", "production"),
-    ("*/rhesis/backend:main-*", "staging"),
-)
-
 
 def release_slot(environment: str) -> str:
     """The global concurrency limit (limit 1) every release to `environment` holds."""
     return f"release-{environment}"
 
 
-def route(image: str, routes: tuple[tuple[str, str], ...] = PUSH_ROUTES) -> str | None:
+Routes = tuple[tuple[str, str], ...]  # (pattern, environment), in order
+
+
+def route(image: str, routes: Routes) -> str | None:
     """The environment `image` (`registry/repository:tag`) is released to, or None."""
-    return next((env for pattern, env in routes if fnmatchcase(image, pattern)), None)
+    return next(iter(matching_environments(image, routes)), None)
+
+
+def matching_environments(image: str, routes: Routes) -> list[str]:
+    """Every environment with a pattern matching `image`, in route order, each once."""
+    matches = (env for pattern, env in routes if fnmatchcase(image, pattern))
+    return list(dict.fromkeys(matches))
 
 
 def parse_route(text: str) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """The image registry: log in, push (returning the pinned digest), and resolve an image
 released elsewhere. Prefect-free: progress goes to `log`."""
 
+import re
 from collections.abc import Callable
 
 import docker
@@ -34,18 +35,34 @@ def login(client: docker.DockerClient, registry: str, auth: dict[str, str]) -> N
     try:
         client.login(registry=registry, reauth=True, **auth)
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        error = classify_engine_error(exc, f"login to registry {registry}")
-        if isinstance(error, AuthenticationError):
-            raise AuthenticationError(
-                f"registry {registry} refused the credentials for user {auth['username']!r}: "
-                "fix the username/password in the registry credentials block"
-            ) from None
-        if isinstance(error, TransientError):
-            raise TransientError(
-                f"registry {registry} is unavailable ({explanation(exc)}): start it, or fix "
-                "the registry address in image_repository and the registry credentials block"
-            ) from None
-        raise error from None
+        raise _login_error(exc, registry, auth["username"]) from None
+
+
+# URLs and host:port pairs in an engine message: their digits are not status codes.
+_ADDRESSES = re.compile(r"[a-z][a-z0-9+.-]*://\S+|[\w.-]+:\d+", re.IGNORECASE)
+
+
+def _login_error(exc: Exception, registry: str, username: str) -> ReleaseError:
+    """Why a login failed. The engine reports the registry's answer in one message that
+    names the addresses involved: a connection reset to 127.0.0.1:5401 is transient, not
+    "401", so the addresses are left out before the message is read."""
+    what = f"login to registry {registry}"
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return classify_engine_error(exc, what)  # the engine itself did not answer
+    text = _ADDRESSES.sub(" ", explanation(exc)).lower()
+    if any(m in text for m in TRANSIENT_MARKERS):
+        return TransientError(
+            f"registry {registry} is unavailable ({explanation(exc)}): start it, or fix "
+            "the registry address in image_repository and the registry credentials block"
+        )
+    if any(m in text for m in AUTH_MARKERS):
+        return AuthenticationError(
+            f"registry {registry} refused the credentials for user {username!r}: "
+            "fix the username/password in the registry credentials block"
+        )
+    if isinstance(exc, docker.errors.APIError) and (exc.status_code or 0) >= 500:
+        return TransientError(f"{what}: {explanation(exc)}")
+    return StepFailed(f"{what}: {explanation(exc)}")
 
 
 def push_image(

@@ -58,12 +58,12 @@ class HttpFaultProxy:
     does not speak HTTP (e.g. a TLS handshake that a registry client tries first).
     """
 
-    def __init__(self, upstream: Upstream):
+    def __init__(self, upstream: Upstream, port: int = 0):
         self.upstream = upstream
         self.injected: list[str] = []  # "METHOD target" of each request answered with a fault
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server = socket.create_server(("127.0.0.1", port))  # 0: any free port
         self.port = self._server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 

@@ -159,24 +159,28 @@ def start_registry(processes: Processes, stack: Stack) -> str:
     return f"127.0.0.1:{port}"
 
 
-def start_bridge(processes: Processes, stack: Stack, route: str) -> str:
-    """The event bridge on `stack.bridge_url`, with the token block saved and one route."""
-    with stack.settings():
-        Secret(value=stack.token).save("event-bridge-token", overwrite=True)
+def start_bridge(
+    processes: Processes,
+    stack: Stack,
+    route: str | None,
+    name: str = "bridge",
+    save_token: bool = True,
+) -> str:
+    """The event bridge on `stack.bridge_url`, its record of delivered pushes under the
+    stack's root. `route` is its one --route; None: routes from the environment blocks.
+    `save_token` first saves the token block (needs the server up)."""
+    if save_token:
+        with stack.settings():
+            Secret(value=stack.token).save("event-bridge-token", overwrite=True)
+    port = stack.bridge_url.rsplit(":", 1)[1]
+    routes = ["--route", route] if route else []
+    state = ["--state-dir", str(stack.root / "event-bridge")]
     processes.start(
-        "bridge",
-        [
-            sys.executable,
-            "-m",
-            "deployments.event_bridge",
-            "--port",
-            stack.bridge_url.rsplit(":", 1)[1],
-            "--route",
-            route,
-        ],
+        name,
+        [sys.executable, "-m", "deployments.event_bridge", "--port", port, *state, *routes],
         stack.env,
     )
-    processes.wait_http("bridge", f"{stack.bridge_url}/health")
+    processes.wait_http(name, f"{stack.bridge_url}/health")
     return stack.bridge_url
 
 

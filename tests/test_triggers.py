@@ -30,7 +30,6 @@ from prefect.exceptions import PrefectHTTPStatusError
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment, connect_target
-from deployments.event_bridge import RecentPushes
 from deployments.push_events import (
     MalformedNotification,
     Push,
@@ -569,14 +568,3 @@ def test_distribution_push_of_a_tagged_manifest_is_parsed():
         [Push("registry", "registry.internal:5000/tests/backend", "v2", DIGEST)],
         [],
     )
-
-
-def test_dedupe_forgets_after_its_window_and_keeps_memory_bounded():
-    first, second, third = (Push("registry", "r/backend", tag, DIGEST) for tag in "abc")
-    recent = RecentPushes(window_seconds=0.3, capacity=2)
-
-    assert recent.claim(first) and not recent.claim(first)
-    time.sleep(0.4)
-    assert recent.claim(first)  # the window has passed: a new push of the same digest
-    assert recent.claim(second) and recent.claim(third)  # at capacity: `first` is dropped
-    assert recent.claim(first)
