@@ -57,6 +57,8 @@ from targets.registry import login, push_image, registry_auth
 from tests.services import free_port
 from tests.stack import VENV_BIN, Processes, Stack, start_bridge, start_registry, start_server
 
+pytestmark = pytest.mark.xdist_group("bridge")  # one bridge and Prefect test API for the module
+
 TOKEN = "bridge-test-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
