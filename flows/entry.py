@@ -23,6 +23,7 @@ from pydantic import Field
 
 from deployments.environments import Environment, release_slot
 from flows.release import release
+from flows.saga import parent_heartbeat_only
 from targets.errors import ConfigurationError
 
 OnBusy = Literal["wait", "cancel"]
@@ -153,7 +154,8 @@ def _exclusive_release(environment: str, on_busy: OnBusy, **release_args) -> dic
                 message=f"another release of {environment} is in flight: this one is "
                 "cancelled (on_busy=cancel)"
             )
-        return release(environment, **release_args)
+        with parent_heartbeat_only():
+            return release(environment, **release_args)
 
 
 def _slot_taken(exc: ConcurrencySlotAcquisitionError) -> bool:

@@ -102,19 +102,21 @@ def release(
         )
         saga.record.irreversible = check.irreversible
         saga.record.approved_by = approve(env, version, prepared.api)
-        saga.record.schema_image = images["migrate"]
-        migration = saga.step(
-            "migrate",
-            migrate,
-            env,
-            saga.target,
-            images["migrate"],
-            compensation=Compensation.SCHEMA,
-        )
+        schema = snapshot.schema_revision
+        if check.needs_migration:
+            saga.record.schema_image = images["migrate"]
+            schema = saga.step(
+                "migrate",
+                migrate,
+                env,
+                saga.target,
+                images["migrate"],
+                compensation=Compensation.SCHEMA,
+            ).after
         roll_out(saga, images, version, workers)
         return saga.finish(
             "released",
             f"released {version} to {environment}: API {version} healthy, {workers} worker(s), "
-            f"schema {migration.before or 'base'} -> {migration.after or 'base'}",
-            migration.after,
+            f"schema {snapshot.schema_revision or 'base'} -> {schema or 'base'}",
+            schema,
         )

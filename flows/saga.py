@@ -22,12 +22,14 @@ are published and the environment's notification block is told.
 """
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.settings import temporary_settings
 
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows import lock
@@ -56,7 +58,10 @@ class StepRun:
         self.future.add_done_callback(lambda _: setattr(self, "ended", time.monotonic()))
 
     def wait(self) -> None:
+        """Wait for the step to end, marking it, without raising its error."""
         self.future.wait()
+        if self.step.outcome == "running":
+            self._mark("ok" if self.future.state.is_completed() else "failed")
 
     def result(self):
         try:
@@ -71,6 +76,15 @@ class StepRun:
         self.step.seconds = (self.ended or time.monotonic()) - self.started
         self.step.outcome = outcome
         self.on_end(self.step)
+
+
+@contextmanager
+def parent_heartbeat_only() -> Iterator[None]:
+    """Run a subflow without a heartbeat of its own: its parent's, in the same process,
+    already says the process is alive, and each heartbeat thread costs about a second when
+    its flow ends (Prefect joins it, and it sleeps in 1 s steps)."""
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 class Steps:
@@ -227,7 +241,8 @@ class Saga(Steps):
             self._end("failed", f"{reason}; it had changed nothing", record.schema_before)
             return []
         try:
-            restored = compensate(self.env, record)
+            with parent_heartbeat_only():
+                restored = compensate(self.env, record)
         except RollbackFailed as failure:
             self._end("rollback failed", f"{reason}. {failure}", None)
             raise

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NO_DIRECTORY = 98  # exit code: the configured directory does not exist in the image
-PROBE_SOURCE = (Path(__file__).with_name("revision_probe.py")).read_text()
+IMAGE_CHECK = (Path(__file__).with_name("image_check.py")).read_text()
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,22 @@ class AlembicCli:
         return ["sh", "-c", self._prelude() + body, "alembic-script", *args]
 
     def probe(self, lower: str | None, upper: str) -> list[str]:
-        """targets/revision_probe.py over (lower, upper], run by the Python that runs
-        Alembic (the interpreter of the `alembic` script, or the one before `-m alembic`)."""
+        """targets/image_check.py's probe of the revisions in (lower, upper]."""
+        return self._image_check("probe", self.config, lower or "", upper)
+
+    def rehearse(self, scratch_marker: str, steps: list[str]) -> list[str]:
+        """targets/image_check.py's rehearsal: prove the scratch database, run the steps."""
+        return self._image_check("rehearse", self.config, scratch_marker, *steps)
+
+    def _image_check(self, *args: str) -> list[str]:
+        """targets/image_check.py run by the Python that runs Alembic: the interpreter of
+        the `alembic` script (its #! line), or the one before `-m alembic`."""
         if list(self.executable[-2:]) == ["-m", "alembic"]:
             python = " ".join(shlex.quote(p) for p in self.executable[:-2])
-        else:  # the interpreter on the `alembic` script's #! line
+        else:
             exe = shlex.quote(self.executable[0])
             python = f'py=$(sed -n "1s/^#! *//p" "$(command -v {exe})"); ${{py:-python3}}'
-        body = f'{python} -c "$1" {shlex.quote(self.config)} "$2" "$3"'
-        return self.script(body, PROBE_SOURCE, lower or "", upper)
+        return self.script(f'{python} -c "$@"', IMAGE_CHECK, *args)
 
     def _prelude(self) -> str:
         cd = ""

@@ -14,6 +14,7 @@ of the files the build context sends (`.dockerignore` honoured, `.git` never rea
 
 import functools
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from targets.images import parse_image_reference
 
 Log = Callable[[str], None]
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+BUILD_KEY_LABEL = "io.rhesis.release.build-key"
 _FROM = re.compile(r"^\s*FROM\s+(?:--\S+\s+)*\S+(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
 
 
@@ -58,6 +60,16 @@ class BuildPlan:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # id -> value
     network: str = "host"
     engine: str | None = None  # DOCKER_HOST of the engine that builds (None: the local one)
+    sources: str | None = None  # what the context holds (source_id); None: always build
+
+    def build_key(self, stage: str | None) -> str | None:
+        """Everything a stage's image is made of: sources, Dockerfile, stage, arguments and
+        the secrets' ids. An image labelled with it need not be built again."""
+        if self.sources is None:
+            return None
+        parts = [self.sources, str(self.dockerfile.relative_to(self.context)), stage or ""]
+        parts += [f"{k}={v}" for k, v in sorted(self.args.items())] + sorted(self.secrets)
+        return hashlib.sha256("\0".join([*parts, self.version]).encode()).hexdigest()
 
     def tags(self) -> dict[str | None, str]:
         """The image reference of each distinct stage (see `stage_tag`)."""
@@ -110,9 +122,14 @@ def build_images(plan: BuildPlan, log: Log) -> dict[str, BuiltImage]:
 
 
 def _build(plan: BuildPlan, stage: str | None, reference: str, revision: str, log: Log):
+    key = plan.build_key(stage)
+    if key is not None and (image_id := _built_before(plan, reference, key)):
+        log(f"{reference} is already built from these sources ({image_id[:19]}): not rebuilt")
+        return BuiltImage(image_id, reference, plan.version, revision, stage)
     labels = {
         "org.opencontainers.image.version": plan.version,
         "org.opencontainers.image.revision": revision,
+        **({BUILD_KEY_LABEL: key} if key else {}),
     }
     args = {"APP_VERSION": plan.version, **plan.args}
     what = f"docker build of {reference}" + (f" (stage {stage})" if stage else "")
@@ -137,10 +154,26 @@ def _build(plan: BuildPlan, stage: str | None, reference: str, revision: str, lo
     return BuiltImage(image_id, reference, plan.version, revision, stage)
 
 
-def _run(argv: list[str], engine: str | None, what: str, log: Log) -> None:
+def _built_before(plan: BuildPlan, reference: str, key: str) -> str | None:
+    """The id of the engine's image `reference` if it carries `key`, else None."""
+    argv = [buildkit_cli()[0], "image", "inspect", "--format", "{{json .}}", reference]
+    proc = subprocess.run(argv, env=_cli_env(plan.engine), capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None
+    image = json.loads(proc.stdout)
+    labels = (image.get("Config") or {}).get("Labels") or {}
+    return image["Id"] if labels.get(BUILD_KEY_LABEL) == key else None
+
+
+def _cli_env(engine: str | None) -> dict[str, str]:
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     if engine:
         env["DOCKER_HOST"] = engine
+    return env
+
+
+def _run(argv: list[str], engine: str | None, what: str, log: Log) -> None:
+    env = _cli_env(engine)
     tail: deque[str] = deque(maxlen=40)
     with subprocess.Popen(
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
@@ -190,12 +223,16 @@ def _output(argv: list[str]) -> str:
     return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
 
 
-def content_version(context: Path, dockerfile: Path) -> str:
-    """A version derived from the sources: same code, same version."""
+def source_id(context: Path, dockerfile: Path) -> str:
+    """What the build context holds, as one id: `git-<commit>` of a clean checkout, else
+    `src-<digest of the files it sends>`."""
     commit = clean_commit(context)
-    if commit:
-        return f"git-{commit[:12]}"
-    return "src-" + content_digest(context, dockerfile)[:12]
+    return f"git-{commit}" if commit else "src-" + content_digest(context, dockerfile)
+
+
+def content_version(sources: str) -> str:
+    """The version derived from a source id: same code, same version."""
+    return sources[:16]
 
 
 def content_digest(context: Path, dockerfile: Path) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from targets.errors import ConfigurationError, StepFailed
+from targets.image_check import MARKER
 
 SQUAWK_PACKAGE = "squawk-cli==2.70.0"
 _RUNNING = re.compile(r"^-- Running (upgrade|downgrade) (\S*) -> (\S*)\s*$")
@@ -179,7 +180,7 @@ def lint(revisions: list[RevisionSql]) -> list[Finding]:
 
 @dataclass(frozen=True)
 class ProbedRevision:
-    """One revision as targets/revision_probe.py rendered it offline in the image: its
+    """One revision as targets/image_check.py rendered it offline in the image: its
     upgrade and downgrade SQL, or why it could not be rendered."""
 
     revision: str
@@ -210,7 +211,7 @@ class ProbedRevision:
         return "; ".join(errors)
 
 
-PROBE_MARKER = "@@revision-probe@@ "
+PROBE_MARKER = MARKER
 
 
 class UnknownRevision(Exception):

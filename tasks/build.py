@@ -14,6 +14,7 @@ from targets.build import (
     checked_plan,
     checkout,
     content_version,
+    source_id,
 )
 from targets.errors import ConfigurationError
 from tasks.retry import transient_retries
@@ -44,17 +45,19 @@ def build(
                 "application spec's build.context (relative to the source)"
             )
         dockerfile = directory / spec.dockerfile
+        sources = source_id(directory, dockerfile) if dockerfile.is_file() else None
         plan = checked_plan(
             BuildPlan(
                 context=directory,
                 dockerfile=dockerfile,
                 repository=repository,
-                version=version or content_version(directory, dockerfile),
+                version=version or content_version(sources or "src-unknown"),
                 stages={role: spec.stage(role) for role in ROLES},
                 args=spec.args,
                 secrets=secrets,
                 network=spec.network,
                 engine=docker_host.base_url if docker_host else None,
+                sources=sources,
             )
         )
         images = build_images(plan, logger.info)

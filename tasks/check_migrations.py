@@ -1,7 +1,7 @@
 """check-migrations: before anything changes, make sure the pending revisions are safe.
 
 1. Render each pending revision's upgrade and downgrade SQL offline in the NEW image, one
-   revision at a time (targets/revision_probe.py), with every database variable pointing
+   revision at a time (targets/image_check.py), with every database variable pointing
    at a host that does not exist: rendering talks to nothing. A revision that cannot be
    rendered offline (a data migration using op.get_bind(), SQL loaded from files) is
    named in a warning, not linted, and left to the rehearsal, which runs it online.
@@ -45,6 +45,7 @@ from targets.database import (
     sqlalchemy_url,
 )
 from targets.errors import ConfigurationError, StepFailed
+from targets.image_check import NOT_SCRATCH, NOT_SCRATCH_MARKER, STEP_MARKER
 from targets.migration_lint import (
     PROBE_MARKER,
     ProbedRevision,
@@ -70,6 +71,12 @@ class MigrationCheck:
     rehearsal_seconds: float | None = None
     irreversible: list[str] = field(default_factory=list)  # accepted one-way revisions
     warnings: list[str] = field(default_factory=list)  # reported, not refused
+    known: bool = True  # False: the target returned no output, the revisions were not read
+
+    @property
+    def needs_migration(self) -> bool:
+        """Whether `migrate` has anything to do (when unknown, it runs and finds out)."""
+        return bool(self.pending) or not self.known
 
 
 @task(name="check-migrations", cache_policy=NO_CACHE, **transient_retries(2))
@@ -90,7 +97,7 @@ def check_migrations(
             f"migration check SKIPPED: the {env.target} target returns no output from one-off "
             "runs, so the pending revisions cannot be read, linted or rehearsed here"
         )
-        return MigrationCheck([])
+        return MigrationCheck([], known=False)
     pending = [r.revision for r in revisions]
     allowed = set(allow_breaking or [])
     if unknown := sorted(allowed - set(pending)):
@@ -191,19 +198,13 @@ def check_downgrade(
 
 
 # The rehearsal proves which database it talks to before it changes anything: the scratch
-# database is created holding a marker revision that exists nowhere else, and the one-off's
-# first command, `alembic current` (read-only), must report it through the application's
-# own configuration. Only then does it clear the marker and run the steps; otherwise it
-# exits with NOT_SCRATCH and changes nothing.
-_REHEARSE_SCRIPT = (
-    'if ! app_alembic current 2>&1 | grep -q "$REHEARSAL_MARKER"; then '
-    'echo "{not_scratch}"; exit {code}; fi; '
-    "set -e; app_alembic stamp --purge base >/dev/null 2>&1; "
-    'for step in "$@"; do echo "{marker} $step"; app_alembic $step; done'
-)
-_STEP_MARKER = "== rehearsal: alembic"
-_NOT_SCRATCH_MARKER = "== rehearsal: the application does not use the scratch database"
-NOT_SCRATCH = 97
+# database is created holding a marker revision that exists nowhere else, and the one-off
+# first reads `alembic current` (read-only) through the application's own configuration,
+# which must report it; otherwise it exits NOT_SCRATCH having changed nothing
+# (targets/image_check.py).
+
+
+# What suggests a plain variable holds the database the app reads (named in the refusal).
 _DATABASE_VALUE = re.compile(r"^(sqla\+)?postgres(ql)?(\+\w+)?://")
 _DATABASE_NAME = re.compile(r"DATABASE|(^|_)DB(_|$)")
 
@@ -236,15 +237,11 @@ def rehearse(
     started = time.monotonic()
     with scratch_database(real_url, marker) as (name, url):
         logger.info(f"rehearsing {' -> '.join(steps)} on scratch database {name}")
-        script = _REHEARSE_SCRIPT.format(
-            not_scratch=_NOT_SCRATCH_MARKER, code=NOT_SCRATCH, marker=_STEP_MARKER
-        )
         result = target.run_oneoff(
             image,
-            cli.script(script, *steps),
+            cli.rehearse(marker, steps),
             env={
                 **env.database_variables().environment(url),
-                "REHEARSAL_MARKER": marker,
                 "PGOPTIONS": migration_pg_options(env),
             },
             timeout=env.migration_timeout_seconds,
@@ -257,7 +254,7 @@ def rehearse(
             "stop releasing to this environment and check which database the application "
             f"reads ({_database_hint(env)})"
         )
-    if result.exit_code == NOT_SCRATCH or _NOT_SCRATCH_MARKER in result.output:
+    if result.exit_code == NOT_SCRATCH or NOT_SCRATCH_MARKER in result.output:
         raise RehearsalNotIsolated(
             "migration rehearsal refused: the application in "
             f"{image} did not connect to the scratch database through "
@@ -265,7 +262,7 @@ def rehearse(
             f"marker revision). {_database_hint(env)}"
         )
     if result.exit_code != 0:
-        markers = [line for line in result.output.splitlines() if line.startswith(_STEP_MARKER)]
+        markers = [line for line in result.output.splitlines() if line.startswith(STEP_MARKER)]
         step = markers[-1].removeprefix("== rehearsal: ") if markers else "the rehearsal"
         raise StepFailed(
             f"rehearsal on a scratch copy of the schema failed at `{step}` "
@@ -276,7 +273,7 @@ def rehearse(
             f"the rehearsal ended with the scratch database at {rehearsed or 'base'}, not at "
             f"{head}: the migrations did not run where they were rehearsed; refusing"
         )
-    logger.info(f"rehearsal passed in {seconds:.1f} s ({len(steps)} alembic runs on {name})")
+    logger.info(f"rehearsal passed in {seconds:.1f} s ({len(steps)} alembic steps on {name})")
     return seconds
 
 

@@ -18,6 +18,8 @@ from blocks.environment import ReleaseEnvironment
 from targets.base import Target
 from targets.errors import StepFailed
 
+FIRST_PROBES_SECONDS = 0.1  # between probes of an API that does not answer yet
+
 
 @task(name="verify-api", cache_policy=NO_CACHE)
 def verify_api(
@@ -35,13 +37,17 @@ def verify_api(
             streak = streak + 1 if healthy else 0
             if streak >= env.health_consecutive:
                 break
-            if time.monotonic() + env.health_interval_seconds > deadline:
+            # Probe quickly while the API does not answer at all (it is starting); space
+            # the confirmations and the probes of an API that answers unhealthy.
+            starting = not healthy and not last.startswith("HTTP")
+            pause = FIRST_PROBES_SECONDS if starting else env.health_interval_seconds
+            if time.monotonic() + pause > deadline:
                 raise StepFailed(
                     f"API at {url} not healthy within {budget:.0f} s "
                     f"({streak}/{env.health_consecutive} consecutive healthy answers); "
                     f"last answer: {last}"
                 )
-            time.sleep(env.health_interval_seconds)
+            time.sleep(pause)
     if health.version_source == "none" and image is not None:
         proof = target.api_runs(image)
         logger.info(

@@ -3,7 +3,11 @@ what its log would say."""
 
 import subprocess
 
-from targets.build import content_version, log_lines
+from targets.build import content_version, log_lines, source_id
+
+
+def version(root) -> str:
+    return content_version(source_id(root, root / "Dockerfile"))
 
 
 def tree(root, files: dict[str, str]):
@@ -24,13 +28,13 @@ def test_the_version_follows_what_the_build_context_sends(tmp_path):
         tmp_path,
         {"Dockerfile": "FROM scratch\n", "app.py": "a = 1\n", ".dockerignore": "notes/\n"},
     )
-    first = content_version(root, root / "Dockerfile")
+    first = version(root)
     tree(root, {"notes/todo.txt": "ignored by .dockerignore", ".git/FETCH_HEAD": "fetched"})
 
-    assert content_version(root, root / "Dockerfile") == first  # nothing the build sends changed
+    assert version(root) == first  # nothing the build sends changed
     assert first.startswith("src-")
     tree(root, {"app.py": "a = 2\n"})
-    assert content_version(root, root / "Dockerfile") != first
+    assert version(root) != first
 
 
 def test_a_clean_git_checkout_is_its_commit_and_a_dirty_one_its_files(tmp_path):
@@ -40,9 +44,9 @@ def test_a_clean_git_checkout_is_its_commit_and_a_dirty_one_its_files(tmp_path):
     git(root, "commit", "-qm", "first")
     commit = git(root, "rev-parse", "HEAD").strip()
 
-    assert content_version(root, root / "Dockerfile") == f"git-{commit[:12]}"
+    assert version(root) == f"git-{commit[:12]}"
     tree(root, {"app.py": "a = 2\n"})
-    assert content_version(root, root / "Dockerfile").startswith("src-")
+    assert version(root).startswith("src-")
 
 
 def test_build_output_is_logged_line_by_line_without_colour_codes():
