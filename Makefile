@@ -33,6 +33,7 @@ services:
 	scripts/services.sh all
 
 test: $(STAMP)
+	scripts/services.sh all browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
