@@ -21,7 +21,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import Cancelled, State
 from pydantic import MISSING, Field
 
-from deployments.environments import Environment, release_slot
+from deployments.environments import Environment, EnvironmentName, release_slot
 from flows.prepare import DEFAULT_SOURCE
 from flows.release import release
 from targets.errors import ConfigurationError
@@ -50,7 +50,7 @@ RevisionId = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
 
 @flow(name="nightly-staging", flow_run_name="nightly {environment}")
 def nightly_staging(
-    environment: Environment = "staging",
+    environment: EnvironmentName = "staging",
     source: str = DEFAULT_SOURCE,
     branch: GitRef = "",
     subdir: Subdir = "",
@@ -59,7 +59,8 @@ def nightly_staging(
     """Release the configured branch of the source (nightly schedule).
 
     Args:
-        environment: Environment to release to.
+        environment: Environment to release to (a Release Environment block; configured in
+            prefect.yaml, so `prefect deploy` works before that block exists).
         source: Build context: a directory, or a git URL (then `branch` is checked out).
         branch: Branch to build when `source` is a git URL (empty: its default branch).
         subdir: Directory holding the Dockerfile inside the source, e.g. 'backend' (empty:
@@ -124,7 +125,7 @@ def release_pushed_image(
     repository: str,
     tag: str,
     digest: Digest,
-    environment: Environment,
+    environment: EnvironmentName,
     received_at: datetime,
     on_busy: OnBusy = "wait",
 ) -> dict | State:
@@ -134,7 +135,8 @@ def release_pushed_image(
         repository: Registry and repository of the pushed image.
         tag: Tag the image was pushed with.
         digest: Digest the registry reported for the push.
-        environment: Environment the bridge mapped the repository and tag to.
+        environment: Environment the bridge mapped the repository and tag to (a Release
+            Environment block: the bridge checks it, `release` names a missing one).
         received_at: When the event bridge received the push notification.
         on_busy: When another release of the environment is in flight: wait, or cancel this one.
     """
