@@ -3,12 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+STARTED := $(shell date +%s)
 
-.PHONY: help install services test lint demo bench clean
+# Prefect's telemetry (the server's heartbeat to Prefect, the SDK's and the UI's events) is
+# off in everything started from here: offline it only logs "Failed to send telemetry".
+# Turn it on with `make demo PREFECT_SERVER_ANALYTICS_ENABLED=true` (or in the environment).
+PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_ANALYTICS_ENABLED
+
+.PHONY: help install services test lint demo ui down bench clean
 
 help:
-	@echo "make demo      release examples/backend to the local Docker host"
+	@echo "make demo      release examples/backend to the local Docker host; UI on :4200"
 	@echo "make test      the whole test suite against real services"
+	@echo "make ui        start (or reuse) the local Prefect server and worker, print the URL"
+	@echo "make down      stop the local Prefect server and worker"
 	@echo "make bench     benchmarks -> bench/results.json"
 	@echo "make services  install/start Docker, registry, PostgreSQL (root)"
 	@echo "make lint      ruff"
@@ -29,6 +38,7 @@ services:
 TEST_WORKERS ?= 3
 
 test: $(STAMP)
+	scripts/services.sh all browser
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=10 $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -37,7 +47,15 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	scripts/services.sh all
-	$(PY) examples/demo.py
+	scripts/local-prefect.sh up
+	scripts/local-prefect.sh exec $(PY) examples/demo.py
+	@echo "make demo took $$(( $$(date +%s) - $(STARTED) )) s"
+
+ui: $(STAMP)
+	scripts/local-prefect.sh up
+
+down:
+	scripts/local-prefect.sh down
 
 bench: $(STAMP)
 	scripts/services.sh all

@@ -1,8 +1,13 @@
 """The environments a release may go to, and which pushed images go where.
 
-`Environment` is the choice the UI form offers (the server refuses any other value); each
-name is a Release Environment block of the same name. Add an environment here, create its
-block, then run `python -m deployments.setup` and `prefect deploy --all` again.
+The environments are the Release Environment blocks on the Prefect server: add one by
+saving its block (README, "Configure an environment"), then run `python -m
+deployments.setup` (its release slot) and `prefect deploy --all` (the forms offer it).
+
+`Environment` is the type of a form's environment parameter: a block name, which the
+deployment's parameter schema restricts to the blocks that exist when `prefect deploy`
+runs, so the server refuses any other value before a run exists. `ENVIRONMENTS` is that
+list, read from the server each time it is used.
 
 A push route maps a `registry/repository:tag` pattern (shell-style, `*` matches anything)
 to the environment a pushed image is released to. The event bridge takes its routes from
@@ -10,11 +15,41 @@ its `--route PATTERN=ENVIRONMENT` options (the first match wins) or, without any
 `push_routes` of the Release Environment blocks (a push two environments claim is refused).
 """
 
+from collections.abc import Iterator
 from fnmatch import fnmatchcase
-from typing import Literal, get_args
+from typing import Annotated, Any
 
-Environment = Literal["staging", "production"]
-ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
+from pydantic import Field, GetJsonSchemaHandler
+from pydantic_core import CoreSchema
+
+from blocks.environment import known_environments
+
+EnvironmentName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+
+
+class _OfferedEnvironments:
+    """JSON schema of an environment parameter: one of the blocks on the server now."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        return {**handler(core_schema), "enum": known_environments()}
+
+
+Environment = Annotated[EnvironmentName, _OfferedEnvironments()]
+
+
+class _Environments:
+    """The Release Environment blocks on the server, read on each use."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(known_environments())
+
+    def __contains__(self, name: object) -> bool:
+        return name in known_environments()
+
+
+ENVIRONMENTS = _Environments()
 
 
 def release_slot(environment: str) -> str:

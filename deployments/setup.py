@@ -4,7 +4,9 @@
 
 registers the block types, creates the `process` work pools that prefect.yaml names, and one
 global concurrency limit (limit 1) per environment, `release-<environment>`, which every
-release holds so that two releases of one environment never overlap.
+release holds so that two releases of one environment never overlap. The environments are
+the Release Environment blocks on the server: save them first, and run this again (then
+`prefect deploy --all`, whose forms offer them) after adding one.
 """
 
 from pathlib import Path
@@ -39,7 +41,14 @@ def main() -> None:
                     WorkPoolCreate(name=pool, type="process", base_job_template=template)
                 )
                 print(f"work pool {pool}: created (type process)")
-        for environment in ENVIRONMENTS:
+        environments = list(ENVIRONMENTS)
+        if not environments:
+            print(
+                "no Release Environment blocks on this server yet: the release form will offer "
+                "none. Save them (README, 'Configure an environment'), then run this and "
+                "`prefect deploy --all` again."
+            )
+        for environment in environments:
             name = release_slot(environment)
             try:
                 client.read_global_concurrency_limit_by_name(name)

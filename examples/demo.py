@@ -1,21 +1,26 @@
 """`make demo`: release examples/backend to the local Docker host and print the summary.
 
-Configures a `demo` environment from what scripts/services.sh set up (registry login and
-database password are read from its state directory and stored only in Prefect blocks),
-then runs the release flow on Prefect's embedded API: no server, no cloud. Run it again
-after changing the backend's code and it releases the new version; unchanged code is a
+Runs against the local Prefect server that `scripts/local-prefect.sh up` started (its API in
+PREFECT_API_URL), so that its UI shows the release afterwards. Configures a `demo`
+environment from what scripts/services.sh set up (registry login and database password are
+read from its state directory and stored only in Prefect blocks), registers the deployments
+of prefect.yaml (whose release form then offers `demo`), and runs the release flow. Run it
+again after changing the backend's code and it releases the new version; unchanged code is a
 no-op.
 """
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import psycopg
 from prefect.blocks.system import Secret
+from prefect.client.orchestration import get_client
 from prefect_docker import DockerRegistryCredentials
 
-from blocks.environment import ReleaseEnvironment
+from blocks.environment import ReleaseEnvironment, known_environments
+from deployments import setup
 from flows.errors import ReleaseFailed
 from flows.release import release
 
@@ -59,10 +64,38 @@ def configure() -> None:
     ).save("demo", overwrite=True)
 
 
+def deploy() -> None:
+    """The deployments of prefect.yaml on this server, their forms offering its environments.
+    A schedule whose environment has no block here (the nightly one: `staging`) is paused."""
+    setup.main()
+    prefect = Path(sys.executable).with_name("prefect")
+    done = subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", "--all"], cwd=ROOT, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        sys.exit(f"`prefect deploy --all` failed:\n{done.stdout}\n{done.stderr}")
+    known = set(known_environments())
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments()
+        for deployment in deployments:
+            environment = deployment.parameters.get("environment")
+            if environment is None or environment in known:
+                continue
+            for schedule in deployment.schedules:
+                if schedule.active:
+                    client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+                    print(f"{deployment.name}: schedule paused (no `{environment}` block here)")
+    print(f"deployments: {', '.join(sorted(d.name for d in deployments))}")
+
+
 def main() -> int:
+    api_url = os.environ.get("PREFECT_API_URL")
+    if not api_url:
+        sys.exit("PREFECT_API_URL is not set: run `make demo`, which starts the local server")
     configure()
+    deploy()
     try:
-        summary = release("demo", source=str(ROOT / "examples" / "backend"))
+        summary = release(environment="demo", source=str(ROOT / "examples" / "backend"))
     except ReleaseFailed as exc:
         print(f"\nRELEASE FAILED: {exc}", file=sys.stderr)
         return 1
@@ -74,7 +107,8 @@ def main() -> int:
     for step in summary["steps"]:
         seconds = f"{step['seconds']:.1f} s" if step["seconds"] is not None else ""
         print(f"  {step['name']:<15} {seconds:>8}  {step['outcome']}")
-    print("try:    curl -fsS http://127.0.0.1:8000/health")
+    print(f"UI:      {api_url.removesuffix('/api')} (this run: {summary['flow_run_url']})")
+    print("try:     curl -fsS http://127.0.0.1:8000/health")
     return 0
 
 

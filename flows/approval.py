@@ -19,8 +19,10 @@ POLL_SECONDS = 2
 
 
 class Approval(RunInput):
-    approved_by: str = Field(min_length=1, description="Who approves this release.")
-    comment: str | None = Field(default=None, description="Why, or anything to note.")
+    """The form the paused release shows in the UI (plain inputs: no `str | None`)."""
+
+    approved_by: str = Field(min_length=1, max_length=200, description="Who approves this release.")
+    comment: str = Field(default="", max_length=2000, description="Why, or anything to note.")
 
 
 class NotApproved(ReleaseError):

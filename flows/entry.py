@@ -19,71 +19,90 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.states import Cancelled, State
-from pydantic import Field
+from pydantic import MISSING, Field
 
-from deployments.environments import Environment, release_slot
+from deployments.environments import Environment, EnvironmentName, release_slot
 from flows.release import release
 from flows.saga import parent_heartbeat_only
 from targets.errors import ConfigurationError
 
 OnBusy = Literal["wait", "cancel"]
-# Coarse shape checks the server enforces before a run exists; `release` parses fully.
+# Shape checks the server enforces before a run exists; `release` parses fully. A form's
+# optional text is a plain input whose empty value means "not given": `str | None` would
+# render as a type switch in the UI ("Property is type None").
 ImageReference = Annotated[
     str,
     Field(
         max_length=512,
-        pattern=r"^[a-z0-9][A-Za-z0-9_.:/-]*(@sha256:[a-f0-9]{64})?$",
+        pattern=r"^$|^[a-z0-9][A-Za-z0-9_.:/-]*(@sha256:[a-f0-9]{64})?$",
         examples=["127.0.0.1:5000/rhesis/backend:v2", "rhesis/backend@sha256:<64 hex>"],
     ),
 ]
-GitRef = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")]
+GitRef = Annotated[str, Field(max_length=255, pattern=r"^$|^[A-Za-z0-9_][A-Za-z0-9_./-]*$")]
+Subdir = Annotated[str, Field(max_length=255, pattern=r"^$|^[A-Za-z0-9_][A-Za-z0-9_./-]*$")]
+Version = Annotated[str, Field(max_length=128, pattern=r"^$|^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+# A number left empty is not sent: its default is MISSING, which the schema leaves out (a
+# `None` default would be sent as null, which the server refuses for an integer).
 WorkerCount = Annotated[int, Field(ge=0, le=100)]
 Digest = Annotated[str, Field(pattern=r"^sha256:[a-f0-9]{64}$")]
 RevisionId = Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
-Subdir = Annotated[str, Field(max_length=255, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")]
 
 
 @flow(name="nightly-staging", flow_run_name="nightly {environment}")
 def nightly_staging(
-    environment: Environment = "staging",
-    source: str | None = None,
-    branch: GitRef | None = None,
-    subdir: Subdir | None = None,
+    environment: EnvironmentName = "staging",
+    source: str = "",
+    branch: GitRef = "",
+    subdir: Subdir = "",
     on_busy: OnBusy = "cancel",
 ) -> dict | State:
     """Release the configured branch of the source (nightly schedule).
 
     Args:
-        environment: Environment to release to.
-        source: Build context: a directory, or a git URL (then `branch` is checked out).
-        branch: Branch to build when `source` is a git URL.
-        subdir: Directory holding the Dockerfile inside the source (e.g. 'backend').
+        environment: Environment to release to (a Release Environment block; configured in
+            prefect.yaml, so `prefect deploy` works before that block exists).
+        source: The code: a directory, or a git URL (then `branch` is checked out); empty:
+            the application spec's build source.
+        branch: Branch to build when `source` is a git URL (empty: its default branch).
+        subdir: Build context inside the source, e.g. 'backend' (empty: the application
+            spec's).
         on_busy: When another release of the environment is in flight: wait, or cancel this one.
     """
-    return _exclusive_release(environment, on_busy, source=source, git_ref=branch, subdir=subdir)
+    return _exclusive_release(
+        environment,
+        on_busy,
+        source=source or None,
+        git_ref=branch or None,
+        subdir=subdir or None,
+    )
 
 
 @flow(name="release-from-ui", flow_run_name="release {environment} (ui)")
 def release_from_ui(
     environment: Environment,
-    image: ImageReference | None = None,
-    git_ref: GitRef | None = None,
-    source: str | None = None,
-    version: str | None = None,
-    worker_count: WorkerCount | None = None,
+    image: ImageReference = "",
+    source: str = "",
+    git_ref: GitRef = "",
+    subdir: Subdir = "",
+    version: Version = "",
+    worker_count: WorkerCount | MISSING = MISSING,
     dry_run: bool = False,
-    allow_breaking: list[RevisionId] | None = None,
+    allow_breaking: tuple[RevisionId, ...] = (),
     on_busy: OnBusy = "wait",
 ) -> dict | State:
     """Release to an environment from the Prefect UI form.
 
     Args:
         environment: Environment to release to.
-        image: Release this already pushed image (tag or sha256 digest) instead of building.
+        image: Release this already pushed image (tag or sha256 digest) instead of building
+            (empty: build `source`).
+        source: The code: a directory, or a git URL (empty: the application spec's build
+            source; not used with `image`).
         git_ref: Branch, tag or commit to build when `source` is a git URL (not with `image`).
-        source: Build context: a directory, or a git URL.
-        version: Version to tag and expect on /health (default: derived from the source).
-        worker_count: Workers to run (default: the environment's worker count).
+        subdir: Build context inside the source, e.g. 'backend' (empty: the application
+            spec's).
+        version: Version to tag and expect on /health (empty: derived from the source).
+        worker_count: Workers to run, 0-100 (empty: the environment's worker count).
         dry_run: Build, push and report the plan; change nothing in the environment.
         allow_breaking: Alembic revision ids whose breaking or irreversible operations you
             accept (the release refuses them otherwise, naming them).
@@ -96,13 +115,14 @@ def release_from_ui(
     return _exclusive_release(
         environment,
         on_busy,
-        source=source,
-        git_ref=git_ref,
-        image=image,
-        version=version,
-        worker_count=worker_count,
+        source=source or None,
+        git_ref=git_ref or None,
+        subdir=subdir or None,
+        image=image or None,
+        version=version or None,
+        worker_count=None if worker_count is MISSING else worker_count,
         dry_run=dry_run,
-        allow_breaking=allow_breaking,
+        allow_breaking=list(allow_breaking) or None,
     )
 
 
@@ -111,7 +131,7 @@ def release_pushed_image(
     repository: str,
     tag: str,
     digest: Digest,
-    environment: Environment,
+    environment: EnvironmentName,
     received_at: datetime,
     on_busy: OnBusy = "wait",
 ) -> dict | State:
@@ -121,7 +141,8 @@ def release_pushed_image(
         repository: Registry and repository of the pushed image.
         tag: Tag the image was pushed with.
         digest: Digest the registry reported for the push.
-        environment: Environment the bridge mapped the repository and tag to.
+        environment: Environment the bridge mapped the repository and tag to (a Release
+            Environment block: the bridge checks it, `release` names a missing one).
         received_at: When the event bridge received the push notification.
         on_busy: When another release of the environment is in flight: wait, or cancel this one.
     """
@@ -155,7 +176,7 @@ def _exclusive_release(environment: str, on_busy: OnBusy, **release_args) -> dic
                 "cancelled (on_busy=cancel)"
             )
         with parent_heartbeat_only():
-            return release(environment, **release_args)
+            return release(environment=environment, **release_args)
 
 
 def _slot_taken(exc: ConcurrencySlotAcquisitionError) -> bool:

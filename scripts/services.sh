@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install and start the real services the tests and the demo need, idempotently:
 # a Docker engine, an htpasswd-protected registry on 127.0.0.1, PostgreSQL, and a
-# python:3.11-slim base image (a local stand-in when it cannot be pulled).
+# python:3.11-slim base image (a local stand-in when it cannot be pulled); `browser` adds
+# Debian's Chromium and its WebDriver for the UI tests (`make test` asks for it).
 #
-#   scripts/services.sh [all|docker|registry|postgres|base-image|env]
+#   scripts/services.sh [all|docker|registry|postgres|base-image|browser|env]...
 #
 # Everything it generates (registry password, data) lives under $RELEASE_STATE_DIR
 # (default /var/lib/rhesis-release), never in the repository.
@@ -195,6 +196,12 @@ build_base_image() {
     log "base image $BASE_IMAGE: built locally"
 }
 
+install_browser() {
+    # Debian's builds only: no browser download works here (the UI tests drive these).
+    apt_install chromium chromium-driver
+    log "browser: $(chromium --version 2>/dev/null), $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"
+}
+
 print_env() {
     # Connection settings for the tests and the demo (secrets stay in files under $STATE_DIR).
     echo "RELEASE_STATE_DIR=$STATE_DIR"
@@ -205,15 +212,22 @@ print_env() {
 }
 
 main() {
-    local what="${1:-all}"
-    case "$what" in
+    local what
+    for what in "${@:-all}"; do
+        service "$what"
+    done
+}
+
+service() {
+    case "$1" in
         docker) need_root; start_docker ;;
         registry) need_root; start_registry ;;
         postgres) need_root; start_postgres ;;
         base-image) need_root; start_docker; build_base_image ;;
         env) print_env ;;
+        browser) need_root; install_browser ;;
         all) need_root; start_docker; start_registry; start_postgres; build_base_image ;;
-        *) log "unknown service '$what': use all, docker, registry, postgres, base-image or env"; exit 2 ;;
+        *) log "unknown service '$1': use all, docker, registry, postgres, base-image, browser or env"; exit 2 ;;
     esac
 }
 

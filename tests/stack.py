@@ -93,9 +93,17 @@ def run(args: list[str], env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def start_server(processes: Processes, root: Path, database_url: str | None = None) -> Stack:
-    """`prefect server start` on a free loopback port, set up and deployed from prefect.yaml.
-    Its database: SQLite under `root`, or `database_url` (postgresql+asyncpg://...)."""
+def start_server(
+    processes: Processes,
+    root: Path,
+    database_url: str | None = None,
+    ui: bool = False,
+    deployed: bool = True,
+) -> Stack:
+    """`prefect server start` on a free loopback port, set up and deployed from prefect.yaml
+    (`deployed=False`: call `deploy` once the environment blocks the forms offer exist).
+    Its database: SQLite under `root`, or `database_url` (postgresql+asyncpg://...); `ui`
+    serves the Prefect UI too, calling this server's API."""
     port = services.free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -104,7 +112,7 @@ def start_server(processes: Processes, root: Path, database_url: str | None = No
         PREFECT_HOME=str(root / "home"),
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
+        PREFECT_UI_ENABLED=str(ui).lower(),
         PREFECT_WORKER_QUERY_SECONDS="1",
         PREFECT_RUNNER_POLL_FREQUENCY="1",
     )
@@ -115,9 +123,7 @@ def start_server(processes: Processes, root: Path, database_url: str | None = No
         {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database},
     )
     processes.wait_http("server", f"{api_url}/health")
-    run([sys.executable, "-m", "deployments.setup"], env)
-    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], env)
-    return Stack(
+    stack = Stack(
         api_url,
         env,
         root,
@@ -125,6 +131,16 @@ def start_server(processes: Processes, root: Path, database_url: str | None = No
         prefix=f"trg{uuid.uuid4().hex[:6]}",
         bridge_url=f"http://127.0.0.1:{services.free_port()}",
     )
+    if deployed:
+        deploy(stack)
+    return stack
+
+
+def deploy(stack: Stack) -> None:
+    """Set the server up (work pool, a release slot per environment block) and deploy
+    prefect.yaml, as the README says: after the environment blocks are saved."""
+    run([sys.executable, "-m", "deployments.setup"], stack.env)
+    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], stack.env)
 
 
 def start_registry(processes: Processes, stack: Stack) -> str:

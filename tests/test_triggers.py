@@ -45,6 +45,7 @@ from tests.stack import (
     VENV_BIN,
     Processes,
     Stack,
+    deploy,
     run,
     start_bridge,
     start_registry,
@@ -70,13 +71,23 @@ def processes(tmp_path_factory) -> Iterator[Processes]:
 
 
 @pytest.fixture(scope="module")
-def stack(processes, tmp_path_factory) -> Stack:
-    return start_server(processes, tmp_path_factory.mktemp("prefect-server"))
+def server(processes, tmp_path_factory) -> Stack:
+    return start_server(processes, tmp_path_factory.mktemp("prefect-server"), deployed=False)
 
 
 @pytest.fixture(scope="module")
-def registry2(processes, stack, registry) -> str:
-    return start_registry(processes, stack)
+def stack(server, save_environment) -> Stack:
+    """The server deployed from prefect.yaml once its environments exist (the form offers
+    the Release Environment blocks that exist when `prefect deploy` runs)."""
+    for name in ("staging", "production"):
+        save_environment(name)
+    deploy(server)
+    return server
+
+
+@pytest.fixture(scope="module")
+def registry2(processes, server, registry) -> str:
+    return start_registry(processes, server)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +109,14 @@ def databases(pg) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def save_environment(stack, registry, registry2, pg, databases, engine):
+def save_environment(server, registry, registry2, pg, databases, engine):
     """Save the `staging` / `production` block on the stack's server (docker target, images
     from the second registry); containers are removed at the end of the module."""
     labels: set[str] = set()
 
     def save(name: str, suffix: str = "", **overrides) -> ReleaseEnvironment:
         env = ReleaseEnvironment(
-            environment=f"{stack.prefix}-{name}{suffix}",
+            environment=f"{server.prefix}-{name}{suffix}",
             image_repository=f"{registry2}/tests/backend",
             registry_credentials=DockerRegistryCredentials(
                 username=registry.username, password=registry.password, registry_url=registry2
@@ -119,7 +130,7 @@ def save_environment(stack, registry, registry2, pg, databases, engine):
             **overrides,
         )
         labels.add(env.environment)
-        with stack.settings():
+        with server.settings():
             env.save(name, overwrite=True)
         return env
 
@@ -293,7 +304,7 @@ def test_the_form_documents_every_parameter(stack):
     with stack.client() as client:
         schema = client.read_deployment_by_name("release-from-ui/release").parameter_openapi_schema
     properties = schema["properties"]
-    assert properties["environment"]["enum"] == ["staging", "production"]
+    assert properties["environment"]["enum"] == ["production", "staging"]  # the blocks
     assert all(p.get("description") for p in properties.values()), properties
     assert "worker count" in properties["worker_count"]["description"]
 
