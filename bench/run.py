@@ -41,6 +41,7 @@ from bench.runs import rollback_timeline  # noqa: E402
 from tests import services  # noqa: E402
 from tests.stack import (  # noqa: E402
     Processes,
+    deploy,
     start_bridge,
     start_registry,
     start_server,
@@ -85,7 +86,6 @@ def measure(lab: Lab, stack, registry2: str) -> dict[str, list]:
     lab.script(script_env, v0)
     lab.flow(rollback_env, v0)
     lab.flow(schema_env, f"{v0}-0002", head="0002")
-    events.save_target(lab, registry2)
 
     for r in range(ROUNDS):
         versions = {"flow": f"{lab.prefix}-f{r}", "script": f"{lab.prefix}-s{r}"}
@@ -252,8 +252,11 @@ def main() -> None:
         # The server on PostgreSQL, as Prefect advises for production: on SQLite, a write
         # right after a flow's tasks (the release record) can wait ~2 s for the database.
         server_db = pg.url(lab.database()).replace("postgresql://", "postgresql+asyncpg://")
-        stack = start_server(processes, root, server_db)
+        stack = start_server(processes, root, server_db, deployed=False)
         registry2 = start_registry(processes, stack)
+        with stack.settings():
+            events.save_target(lab, registry2)  # the forms offer the environment blocks
+        deploy(stack)
         start_bridge(processes, stack, events.route(registry2))
         start_worker(processes, stack)
         with stack.settings():

@@ -79,6 +79,6 @@ def parse_route(text: str) -> tuple[str, str]:
     if environment not in ENVIRONMENTS:
         raise ValueError(
             f"route {text!r} names environment {environment!r}, which is not one of "
-            f"{', '.join(ENVIRONMENTS)} (deployments/environments.py)"
+            f"{', '.join(ENVIRONMENTS) or 'none'} (the Release Environment blocks on the server)"
         )
     return pattern, environment
