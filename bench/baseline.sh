@@ -16,6 +16,7 @@
 #   WORKERS              Celery workers to run (default: 2)
 #   HEALTH_INTERVAL      seconds between /health polls (default: 1)
 #   HEALTH_TIMEOUT       seconds to wait for /health to answer 200 with VERSION (default: 60)
+#   DOCKER_CLI           the docker command (default: docker), one that builds with BuildKit
 #
 # Steps, as the seed runs them: docker build, docker login + push, alembic upgrade head in a
 # one-off container, replace the API container, replace the workers, poll /health. The
@@ -24,7 +25,7 @@
 set -euo pipefail
 
 if [ "$#" -ne 3 ]; then
-    sed -n '2,18p' "$0" >&2
+    sed -n '2,19p' "$0" >&2
     exit 2
 fi
 environment="$1" context="$2" version="$3"
@@ -44,7 +45,10 @@ export DATABASE_URL
 DOCKER_CONFIG="$(mktemp -d)"
 export DOCKER_CONFIG
 trap 'rm -rf "$DOCKER_CONFIG"' EXIT
-export DOCKER_BUILDKIT=0 # the classic builder, the one the flow drives through the API
+# BuildKit, as the flow builds: DOCKER_CLI names a Docker CLI that builds with it (Debian's
+# docker.io, or one with the buildx plugin; bench/run.py passes the one the flow uses).
+export DOCKER_BUILDKIT=1
+docker() { command "${DOCKER_CLI:-docker}" "$@"; }
 
 log() { printf '[baseline] %s\n' "$*" >&2; }
 run_env=(--network host -e DATABASE_URL -e "PORT=$port" -e "APP_ENVIRONMENT=$environment")

@@ -15,6 +15,7 @@ import docker.errors
 from blocks.environment import ReleaseEnvironment
 from flows.errors import ReleaseFailed
 from flows.release import release
+from targets.build import buildkit_cli
 from tests.backend import TEST_REPOSITORY, backend_context
 from tests.releases import local_environment, remove_containers
 from tests.services import free_port
@@ -94,6 +95,7 @@ class Lab:
         source = self.context(version)
         secrets = {"DATABASE_URL": env.database_url, "REGISTRY_PASSWORD": self.registry.password}
         settings = {
+            "DOCKER_CLI": buildkit_cli()[0],
             "IMAGE_REPOSITORY": TEST_REPOSITORY,
             "REGISTRY_USER": self.registry.username,
             "API_PORT": str(env.port),

@@ -14,8 +14,10 @@ Figures (min / median / max over BENCH_ROUNDS rounds, default 3):
 - scale: one code change released to 1, 2, 4 and 8 environments at once (one process per
   release, one Prefect server), total wall time; BENCH_SCALE_ROUNDS rounds (default 1).
 
-Writes bench/results.json (figures, raw samples, the flow's per-step seconds, the machine)
-and prints a table. Needs the services from scripts/services.sh.
+Writes bench/results.json (figures, raw samples, the flow's per-step seconds, the peak
+memory of the flow's process, the import time of the flow modules, the machine) and prints
+a table. A sample that fails is recorded as failed, with its reason, and the bench goes on:
+every figure that has samples is written. Needs the services from scripts/services.sh.
 """
 
 import os
@@ -26,6 +28,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -69,13 +72,32 @@ def say(message: str) -> None:
     print(f"[bench {time.perf_counter() - STARTED:5.0f} s] {message}", file=sys.stderr, flush=True)
 
 
-def stats(values: list[float]) -> dict[str, float]:
+def stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"median": None, "min": None, "max": None}
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(lab: Lab, stack, registry2: str) -> dict[str, list]:
+class Samples(defaultdict):
+    """Figures' raw samples by name, and why a sample failed (`failures`)."""
+
+    def __init__(self):
+        super().__init__(list)
+        self.failures: dict[str, list[str]] = defaultdict(list)
+
+    def take(self, name: str, measure, *args):
+        """measure(*args), or None (the failure recorded) if it raises."""
+        try:
+            return measure(*args)
+        except Exception as exc:  # noqa: BLE001 - one failed sample must not lose the rest
+            reason = f"{type(exc).__name__}: {exc}"[-1500:]
+            self.failures[name].append(reason)
+            say(f"{name}: FAILED ({reason[:200]})")
+            return None
+
+
+def measure(lab: Lab, stack, registry2: str, samples: Samples) -> None:
     """The alternating rounds: flow vs script, rollbacks, push events."""
-    samples: dict[str, list] = defaultdict(list)
     flow_env, script_env = lab.flow_environment("flow"), lab.script_environment("script")
     # The failed verification's budget is not part of the figure: keep it short.
     rollback_env = lab.flow_environment("rollback", health_budget_seconds=6)
@@ -91,31 +113,53 @@ def measure(lab: Lab, stack, registry2: str) -> dict[str, list]:
         versions = {"flow": f"{lab.prefix}-f{r}", "script": f"{lab.prefix}-s{r}"}
         order = ("script", "flow") if r % 2 == 0 else ("flow", "script")
         for kind, outcome in (("release", "released"), ("noop", "no-op")):
+            timed = {}
             for who in order:
                 if who == "script":
-                    seconds = lab.script(script_env, versions[who])
+                    timed[who] = samples.take(
+                        f"script_{kind}", lab.script, script_env, versions[who]
+                    )
                 else:
-                    seconds, summary = lab.flow(flow_env, versions[who])
-                    if summary["outcome"] != outcome:
-                        raise RuntimeError(f"expected {outcome}: {summary['message']}")
-                    steps = {s["name"]: s["seconds"] for s in summary["steps"]}
-                    samples[f"flow_{kind}_steps"].append(steps)
-                samples[f"{who}_{kind}"].append(seconds)
-                say(f"round {r + 1}: {who} {kind} {seconds:.1f} s")
+                    timed[who] = samples.take(
+                        f"flow_{kind}", flow_sample, lab, flow_env, versions[who], outcome
+                    )
+            if None in timed.values():
+                continue  # a ratio needs both of its round's samples
+            seconds, steps = timed["flow"]
+            samples[f"flow_{kind}_steps"].append(steps)
+            samples[f"flow_{kind}"].append(seconds)
+            samples[f"script_{kind}"].append(timed["script"])
+            say(f"round {r + 1}: {kind} flow {seconds:.1f} s, script {timed['script']:.1f} s")
         for key, env in (("rollback", rollback_env), ("schema_rollback", schema_env)):
-            lab.failed_flow(env, f"{lab.prefix}-bad-{key}{r}", fail_health="1")
-            timeline = rollback_timeline(env.environment)
-            samples[f"{key}_seconds"].append(timeline["rollback_end"])
-            samples[f"{key}_api_healthy_seconds"].append(timeline["api_healthy"])
-            say(f"round {r + 1}: {key} {timeline['rollback_end']:.1f} s")
-        latency = events.event_to_run(stack, lab, registry2, first["image"])
-        for name, seconds in latency.items():
+            bad = f"{lab.prefix}-bad-{key}{r}"
+            timeline = samples.take(f"{key}_seconds", rollback_sample, lab, env, bad)
+            if timeline:
+                samples[f"{key}_seconds"].append(timeline["rollback_end"])
+                samples[f"{key}_api_healthy_seconds"].append(timeline["api_healthy"])
+                say(f"round {r + 1}: {key} {timeline['rollback_end']:.1f} s")
+        latency = samples.take(
+            "event_to_run_seconds", events.event_to_run, stack, lab, registry2, first["image"]
+        )
+        for name, seconds in (latency or {}).items():
             samples[f"event_{name}"].append(seconds)
-        say(f"round {r + 1}: push -> run started {latency['from_push']:.2f} s")
-    return samples
+        if latency:
+            say(f"round {r + 1}: push -> run started {latency['from_push']:.2f} s")
 
 
-def measure_scale(lab: Lab, api_url: str) -> dict[int, list[float]]:
+def flow_sample(lab: Lab, env, version: str, outcome: str) -> tuple[float, dict]:
+    """One timed release with the flow: (seconds, its steps' seconds)."""
+    seconds, summary = lab.flow(env, version)
+    if summary["outcome"] != outcome:
+        raise RuntimeError(f"expected {outcome}: {summary['message']}")
+    return seconds, {s["name"]: s["seconds"] for s in summary["steps"]}
+
+
+def rollback_sample(lab: Lab, env, version: str) -> dict[str, float]:
+    lab.failed_flow(env, version, fail_health="1")
+    return rollback_timeline(env.environment)
+
+
+def measure_scale(lab: Lab, api_url: str, samples: Samples) -> dict[int, list[float]]:
     """A code change released to N environments at once, each release in its own process
     (bench/child.py) against the one Prefect server."""
     envs = [
@@ -125,12 +169,15 @@ def measure_scale(lab: Lab, api_url: str) -> dict[int, list[float]]:
         for i in range(max(SCALE))
     ]
     say(f"scale: version 0 to {len(envs)} environments")
-    at_once(lab, api_url, envs, f"{lab.prefix}-v0")
+    samples.take("scale_setup", at_once, lab, api_url, envs, f"{lab.prefix}-v0")
     seconds: dict[int, list[float]] = defaultdict(list)
     for r in range(SCALE_ROUNDS):
         for n in SCALE:
-            seconds[n].append(at_once(lab, api_url, envs[:n], f"{lab.prefix}-n{n}r{r}"))
-            say(f"scale: {n} environment(s) at once {seconds[n][-1]:.1f} s")
+            version = f"{lab.prefix}-n{n}r{r}"
+            took = samples.take(f"scale_{n}", at_once, lab, api_url, envs[:n], version)
+            if took is not None:
+                seconds[n].append(took)
+                say(f"scale: {n} environment(s) at once {took:.1f} s")
     return seconds
 
 
@@ -174,7 +221,30 @@ def machine(engine) -> dict:
     }
 
 
-def results(samples: dict[str, list], scale: dict[int, list[float]], host: dict) -> dict:
+def imports_seconds(rounds: int = 3) -> dict[str, float]:
+    """How long a fresh interpreter takes to import the flow modules (what a worker's flow
+    run process pays before it starts)."""
+    code = (
+        "import time; t = time.perf_counter(); import flows.entry; print(time.perf_counter() - t)"
+    )
+    times = [
+        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
+        for _ in range(rounds)
+    ]
+    return stats(times)
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory: this process (the flows run in it) and the largest child
+    (the scale phase's release processes)."""
+
+    def mb(who) -> float:
+        return round(resource.getrusage(who).ru_maxrss / 1024, 1)  # kB on Linux
+
+    return {"flow_process": mb(resource.RUSAGE_SELF), "largest_child": mb(resource.RUSAGE_CHILDREN)}
+
+
+def results(samples: Samples, scale: dict[int, list[float]], host: dict) -> dict:
     def ratios(kind: str) -> list[float]:
         pairs = zip(samples[f"flow_{kind}"], samples[f"script_{kind}"], strict=True)
         return [flow / script for flow, script in pairs]
@@ -187,6 +257,7 @@ def results(samples: dict[str, list], scale: dict[int, list[float]], host: dict)
         return {name: statistics.median(v) for name, v in steps.items()}
 
     samples["full_release_ratio"], samples["noop_release_ratio"] = ratios("release"), ratios("noop")
+    one = statistics.median(scale[1]) if scale.get(1) else None
     return {
         "full_release_ratio": stats(samples["full_release_ratio"]),
         "noop_release_ratio": stats(samples["noop_release_ratio"]),
@@ -198,6 +269,11 @@ def results(samples: dict[str, list], scale: dict[int, list[float]], host: dict)
             samples["schema_rollback_api_healthy_seconds"]
         ),
         "scale": [{"environments": n, **stats(v)} for n, v in sorted(scale.items())],
+        "scale_8_to_1_ratio": statistics.median(scale[8]) / one if one and scale.get(8) else None,
+        "failures": dict(samples.failures),
+        "every_sample_succeeded": not samples.failures,
+        "peak_memory_mb": peak_memory_mb(),
+        "import_flows_seconds": imports_seconds(),
         # Where the flow's time goes (the release summary's per-step seconds).
         "flow_release_steps_median_seconds": step_medians("release"),
         "flow_noop_steps_median_seconds": step_medians("noop"),
@@ -222,22 +298,28 @@ def results(samples: dict[str, list], scale: dict[int, list[float]], host: dict)
 
 
 def table(data: dict) -> str:
+    def cells(figure: dict) -> str:
+        return "".join(
+            f"{'-' if figure[k] is None else f'{figure[k]:.2f}':>9}"
+            for k in ("median", "min", "max")
+        )
+
     lines = [f"{'figure':<34}{'median':>9}{'min':>9}{'max':>9}  goal"]
     for name in (*GOALS, "rollback_api_healthy_seconds", "schema_rollback_api_healthy_seconds"):
-        figure = data[name]
-        goal = GOALS.get(name)
-        verdict = (
-            ""
-            if goal is None
-            else f"<= {goal:g} " + ("met" if figure["median"] <= goal else "MISSED")
-        )
-        lines.append(
-            f"{name:<34}{figure['median']:>9.2f}{figure['min']:>9.2f}{figure['max']:>9.2f}  "
-            f"{verdict}"
-        )
+        figure, goal = data[name], GOALS.get(name)
+        verdict = ""
+        if goal is not None:
+            met = figure["median"] is not None and figure["median"] <= goal
+            verdict = f"<= {goal:g} " + ("met" if met else "MISSED")
+        lines.append(f"{name:<34}{cells(figure)}  {verdict}")
     for row in data["scale"]:
-        name = f"scale: {row['environments']} environment(s), s"
-        lines.append(f"{name:<34}{row['median']:>9.1f}{row['min']:>9.1f}{row['max']:>9.1f}")
+        lines.append(
+            f"{'scale: ' + str(row['environments']) + ' environment(s), s':<34}{cells(row)}"
+        )
+    ratio = data["scale_8_to_1_ratio"]
+    lines.append(f"{'scale: 8 / 1 environments':<34}{'-' if ratio is None else f'{ratio:.2f}':>9}")
+    for name, reasons in data["failures"].items():
+        lines.append(f"FAILED {name} x{len(reasons)}: {reasons[-1][:300]}")
     return "\n".join(lines)
 
 
@@ -247,6 +329,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-"))
     processes = Processes(root)
     lab = Lab(root, pg, registry, engine)
+    samples, scale = Samples(), {}
     try:
         say("starting a Prefect server, the worker, a second registry and the event bridge")
         # The server on PostgreSQL, as Prefect advises for production: on SQLite, a write
@@ -260,8 +343,10 @@ def main() -> None:
         start_bridge(processes, stack, events.route(registry2))
         start_worker(processes, stack)
         with stack.settings():
-            samples = measure(lab, stack, registry2)
-            scale = measure_scale(lab, stack.api_url)
+            samples.take("rounds", measure, lab, stack, registry2, samples)
+            scale = samples.take("scale", measure_scale, lab, stack.api_url, samples) or {}
+    except Exception as exc:  # noqa: BLE001 - the stack did not start: say so, write the rest
+        samples.failures["setup"].append(f"{type(exc).__name__}: {exc}"[-1500:])
     finally:
         processes.stop_all()
         lab.clean()
