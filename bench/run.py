@@ -42,6 +42,7 @@ from bench import events  # noqa: E402
 from bench.lab import Lab  # noqa: E402
 from bench.runs import rollback_timeline  # noqa: E402
 from tests import services  # noqa: E402
+from tests.backend import TEST_REPOSITORY  # noqa: E402
 from tests.stack import (  # noqa: E402
     Processes,
     deploy,
@@ -162,10 +163,13 @@ def rollback_sample(lab: Lab, env, version: str) -> dict[str, float]:
 def measure_scale(lab: Lab, api_url: str, samples: Samples) -> dict[int, list[float]]:
     """A code change released to N environments at once, each release in its own process
     (bench/child.py) against the one Prefect server."""
+    # One image repository for all of them, as staging, eu and us share one: the change is
+    # built once (the others find it built) and pushed once.
+    shared = dict(image_repository=f"{TEST_REPOSITORY}-scale", worker_count=SCALE_WORKERS)
     envs = [
         # Rehearsal is off only for the untimed first release (from an empty database);
         # the measured releases have no pending migration, so nothing to rehearse anyway.
-        lab.flow_environment(f"scale{i}", worker_count=SCALE_WORKERS, migration_rehearsal=False)
+        lab.flow_environment(f"scale{i}", migration_rehearsal=False, **shared)
         for i in range(max(SCALE))
     ]
     say(f"scale: version 0 to {len(envs)} environments")

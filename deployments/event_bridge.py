@@ -54,7 +54,7 @@ from prefect.settings import (
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from deployments.environments import ENVIRONMENTS, Routes, matching_environments, parse_route
+from deployments.environments import Routes, matching_environments, parse_route
 from deployments.environments import route as first_route
 from deployments.push_delivery import (
     DeliveredPushes,
@@ -127,12 +127,6 @@ class BlockRoutes:
             raise RouteRefused(
                 f"{image} matches the push_routes of the environments {', '.join(matches)}: "
                 "make their patterns exclusive (Release Environment blocks, push_routes)"
-            )
-        if matches and matches[0] not in ENVIRONMENTS:
-            raise RouteRefused(
-                f"{image} matches the push_routes of {matches[0]!r}, which the "
-                "release-pushed-image deployment does not accept: add it to "
-                "deployments/environments.py and deploy again, or remove its push_routes"
             )
         return matches[0] if matches else None
 
@@ -457,7 +451,10 @@ def main(argv: list[str] | None = None) -> None:
         help="a push of the same tag and digest within this time is a duplicate",
     )
     args = parser.parse_args(argv)
+    # Prefect configures the root logger when it is imported (at WARNING): this process's
+    # own lines are INFO.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    log.setLevel(logging.INFO)
     if not PREFECT_API_URL.value():
         sys.exit(
             "PREFECT_API_URL is not set: point it at the Prefect server the deployments are "

@@ -12,6 +12,7 @@ Versions: a clean git checkout is its commit (`git-<12 hex>`); anything else is 
 of the files the build context sends (`.dockerignore` honoured, `.git` never read).
 """
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -123,9 +124,32 @@ def build_images(plan: BuildPlan, log: Log) -> dict[str, BuiltImage]:
 
 def _build(plan: BuildPlan, stage: str | None, reference: str, revision: str, log: Log):
     key = plan.build_key(stage)
-    if key is not None and (image_id := _built_before(plan, reference, key)):
-        log(f"{reference} is already built from these sources ({image_id[:19]}): not rebuilt")
-        return BuiltImage(image_id, reference, plan.version, revision, stage)
+    if key is None:
+        return _buildkit(plan, stage, reference, revision, key, log)
+    # Releases of one change to several environments at once build it once: the first
+    # holds the key's lock and builds, the others wait and find its image.
+    with _exclusive(key):
+        if image_id := _built_before(plan, reference, key):
+            log(f"{reference} is already built from these sources ({image_id[:19]}): not rebuilt")
+            return BuiltImage(image_id, reference, plan.version, revision, stage)
+        return _buildkit(plan, stage, reference, revision, key, log)
+
+
+@contextmanager
+def _exclusive(key: str) -> Iterator[None]:
+    """Held by one process of this machine at a time, per build key."""
+    path = Path(tempfile.gettempdir()) / f"rhesis-release-build-{key[:32]}.lock"
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _buildkit(
+    plan: BuildPlan, stage: str | None, reference: str, revision: str, key: str | None, log: Log
+) -> BuiltImage:
     labels = {
         "org.opencontainers.image.version": plan.version,
         "org.opencontainers.image.revision": revision,
@@ -140,10 +164,10 @@ def _build(plan: BuildPlan, stage: str | None, reference: str, revision: str, lo
         argv += ["--iidfile", str(iidfile), "--network", plan.network]
         if stage:
             argv += ["--target", stage]
-        for key, value in labels.items():
-            argv += ["--label", f"{key}={value}"]
-        for key, value in args.items():
-            argv += ["--build-arg", f"{key}={value}"]
+        for name, value in labels.items():
+            argv += ["--label", f"{name}={value}"]
+        for name, value in args.items():
+            argv += ["--build-arg", f"{name}={value}"]
         for index, (secret_id, value) in enumerate(plan.secrets.items()):
             path = Path(scratch) / f"secret-{index}"
             path.touch(mode=0o600)

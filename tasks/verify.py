@@ -7,6 +7,7 @@ Where the health answer shows no version (application spec `health.version_sourc
 expected image: the container of the pinned digest, the tagged revision, the new task
 definition. The log says which proof was used."""
 
+import os
 import time
 
 import httpx
@@ -28,7 +29,7 @@ def verify_api(
     logger = get_run_logger()
     health = env.application.health
     url = url.rstrip("/") + health.path
-    budget = health.start_period_seconds + env.health_budget_seconds
+    budget = (health.start_period_seconds + env.health_budget_seconds) * busy_machine(logger)
     deadline = time.monotonic() + budget
     streak, last = 0, "no answer yet"
     with httpx.Client(timeout=env.health_request_timeout_seconds) as client:
@@ -56,6 +57,18 @@ def verify_api(
         )
     else:
         logger.info(f"{url}: {streak} consecutive healthy answers from {version}")
+
+
+def busy_machine(logger) -> float:
+    """How much longer than on an idle machine verification may take: the load per CPU of
+    the machine running the release, when above 1 (a Docker-host target starts its
+    containers on it; eight releases at once on 2 CPUs start slower than one)."""
+    cpus = os.cpu_count() or 1
+    load = os.getloadavg()[0]
+    factor = max(1.0, load / cpus)
+    if factor > 1.0:
+        logger.info(f"this machine is busy (load {load:.1f} on {cpus} CPUs): budgets x{factor:.1f}")
+    return factor
 
 
 def _probe(
@@ -92,7 +105,8 @@ def _version(response: httpx.Response, health: Health) -> str | None:
 @task(name="verify-workers", cache_policy=NO_CACHE)
 def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: int) -> None:
     logger = get_run_logger()
-    deadline = time.monotonic() + env.worker_budget_seconds
+    budget = env.worker_budget_seconds * busy_machine(logger)
+    deadline = time.monotonic() + budget
     while True:
         health = target.workers_alive(image, count)
         if health.ok:
@@ -100,7 +114,7 @@ def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: i
             return
         if time.monotonic() > deadline:
             raise StepFailed(
-                f"only {health.ready}/{count} worker(s) ready within "
-                f"{env.worker_budget_seconds:.0f} s: {health.detail or 'no detail'}"
+                f"only {health.ready}/{count} worker(s) ready within {budget:.0f} s: "
+                f"{health.detail or 'no detail'}"
             )
         time.sleep(1)

@@ -26,7 +26,7 @@ from tests.releases import local_environment, remove_containers  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api():
     """One Prefect test API for the session (starting one costs ~10 s)."""
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 

@@ -1,5 +1,6 @@
 """Helpers for tests that run the release flow and check what a user would."""
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,7 +56,20 @@ def task_run_counts(flow_run_id) -> dict[str, int]:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
         )
+    runs = settled_task_runs([run.id for run in runs])
     return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
+
+
+def settled_task_runs(ids: list, seconds: float = 30) -> list:
+    """The task runs as the server has them once each has reached a final state. Prefect 3
+    reports task runs through events, which a busy server records a moment later."""
+    deadline = time.monotonic() + seconds
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = [client.read_task_run(run_id) for run_id in ids]
+            if all(r.state and r.state.is_final() for r in runs) or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.3)
 
 
 def local_environment(pg, registry, database: str, **overrides) -> ReleaseEnvironment:

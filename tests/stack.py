@@ -63,7 +63,7 @@ class Processes:
 
     def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
         proc = next(p for n, p, _ in self.started if n == name)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a busy 2-CPU machine starts a server slowly
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")

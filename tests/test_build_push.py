@@ -1,17 +1,18 @@
 import subprocess
 import uuid
+from dataclasses import replace
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect_docker import DockerRegistryCredentials
 
-from blocks.application import Build
+from blocks.application import ROLES, Build
 from blocks.environment import load_environment
-from targets.build import BuiltImage
+from targets.build import BuildPlan, BuiltImage, build_images, source_id
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 from tasks.build import build
 from tasks.push import push
 from tests.backend import TEST_REPOSITORY, TEST_REPOSITORY_PATH, backend_context
+from tests.releases import settled_task_runs
 
 pytestmark = pytest.mark.docker
 
@@ -113,5 +114,29 @@ def test_missing_environment_block_names_the_fix():
 
 
 def _run_count(state) -> int:
-    with get_client(sync_client=True) as client:
-        return client.read_task_run(state.state_details.task_run_id).run_count
+    return settled_task_runs([state.state_details.task_run_id])[0].run_count
+
+
+def test_an_image_built_from_the_same_sources_is_not_built_again(tmp_path):
+    context = backend_context(tmp_path)
+    plan = BuildPlan(
+        context=context,
+        dockerfile=context / "Dockerfile",
+        repository=TEST_REPOSITORY,
+        version=f"same-{uuid.uuid4().hex[:6]}",
+        stages=dict.fromkeys(ROLES),
+        sources=source_id(context, context / "Dockerfile"),
+    )
+    first = build_images(plan, lambda _: None)["api"]
+    said: list[str] = []
+
+    again = build_images(plan, said.append)["api"]
+
+    assert again.image_id == first.image_id
+    assert said == [
+        f"{first.reference} is already built from these sources "
+        f"({first.image_id[:19]}): not rebuilt"
+    ]
+    (context / "app" / "changed.py").write_text("changed = True\n")
+    changed = replace(plan, sources=source_id(context, context / "Dockerfile"))
+    assert build_images(changed, lambda _: None)["api"].image_id != first.image_id

@@ -51,7 +51,8 @@ def tiny_image(engine, proxy):
         info = tarfile.TarInfo("stamp")
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
-    repository = f"127.0.0.1:{proxy.port}/tests/login-reset"
+    # A repository of its own: the tag must not already hold an earlier run's image.
+    repository = f"127.0.0.1:{proxy.port}/tests/login-reset-{uuid.uuid4().hex[:8]}"
     engine.api.import_image_from_data(data.getvalue(), repository=repository, tag="v1")
     yield f"{repository}:v1"
     engine.images.remove(f"{repository}:v1", force=True)
@@ -69,7 +70,7 @@ def test_a_login_whose_connection_is_reset_is_retried_and_the_push_succeeds(
 
     pinned = push(tiny_image, credentials)
 
-    assert pinned.startswith(f"127.0.0.1:{proxy.port}/tests/login-reset@sha256:")
+    assert pinned.startswith(tiny_image.split(":v1")[0] + "@sha256:")
     assert proxy.injected == ["GET /v2/", "GET /v2/"]  # two logins reset, the third passed
 
 

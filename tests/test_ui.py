@@ -315,7 +315,8 @@ def test_the_summary_and_the_ledger_render_as_tables_on_the_runs_page(
     _, envs = environments
     [release] = subflows(stack, staging_release.id)
     tables = {}
-    for kind, showing in (("release", "step duration outcome"), ("ledger", "ui-v1")):
+    steps = "step start duration outcome timeline"
+    for kind, showing in (("release", steps), ("ledger", "ui-v1")):
         key = f"{kind}-{envs['staging'].environment}"  # keys name the environment's name
         ui.open(f"/runs/flow-run/{release.id}")
         ui.click("Artifacts")
@@ -324,9 +325,7 @@ def test_the_summary_and_the_ledger_render_as_tables_on_the_runs_page(
         ui.shot(key)
 
     summary, [ledger] = tables["release"], tables["ledger"]
-    assert any(t.startswith("step duration outcome") and "verify-api" in t for t in summary), (
-        summary
-    )
+    assert any(t.startswith(steps) and "verify-api" in t for t in summary), summary
     assert any("ui-v1" in t and "schema revision" in t for t in summary), summary
     assert all(header in ledger for header in ("started by", "outcome", "version")), ledger
     assert "released" in ledger and "ui-v1" in ledger, ledger
