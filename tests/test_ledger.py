@@ -6,6 +6,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import psycopg
 import pytest
 from prefect import task
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
@@ -18,7 +19,9 @@ from flows.plan import plan
 from flows.release import release
 from flows.rollback import rollback
 from flows.status import status
-from ledger.store import Ledger
+from ledger.record import ReleaseRecord
+from ledger.store import MIGRATIONS, Ledger
+from targets.database import alembic_in_process
 from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError, StepFailed
 from tests.backend import backend_context
@@ -238,3 +241,26 @@ def test_a_missing_notification_block_fails_before_any_change(environment, engin
         == []
     )
     assert history(environment) == []
+
+
+@pytest.mark.migrations
+def test_a_ledger_stamped_by_the_early_revision_0002_is_brought_to_head(pg, database):
+    """Revision 0002 once added only `approved_by`; ledgers stamped then must still take a
+    release (the CI machine's demo ledger did not: 'Unconsumed column names: images')."""
+    url = pg.url(database)
+    alembic_in_process(MIGRATIONS, url, "upgrade", "0002")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("alter table release_ledger.releases drop column if exists images")
+
+    with Ledger(url) as ledger:
+        ledger.add(ReleaseRecord(environment="early", images={"api": "r/backend@sha256:1"}))
+        assert ledger.history("early")[0].images == {"api": "r/backend@sha256:1"}
+    columns = {
+        name
+        for (name,) in pg.query(
+            database,
+            "select column_name from information_schema.columns"
+            " where table_schema = 'release_ledger' and table_name = 'releases'",
+        )
+    }
+    assert {"images", "approved_by"} <= columns
