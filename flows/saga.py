@@ -247,7 +247,7 @@ class Saga(Steps):
             return []
         try:
             with parent_heartbeat_only():
-                restored = compensate(self.env, record)
+                restored = compensate(self.env, self.target, record)
         except RollbackFailed as failure:
             self._end("rollback failed", f"{reason}. {failure}", None)
             raise
