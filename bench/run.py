@@ -225,17 +225,21 @@ def machine(engine) -> dict:
     }
 
 
-def imports_seconds(rounds: int = 3) -> dict[str, float]:
+def imports_seconds(samples: Samples, rounds: int = 3) -> dict[str, float | None]:
     """How long a fresh interpreter takes to import the flow modules (what a worker's flow
-    run process pays before it starts)."""
+    run process pays before it starts). A round that fails is recorded in the failures."""
     code = (
         "import time; t = time.perf_counter(); import flows.entry; print(time.perf_counter() - t)"
     )
-    times = [
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout)
-        for _ in range(rounds)
-    ]
-    return stats(times)
+
+    def once() -> float:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1000:]}")
+        return float(done.stdout)
+
+    times = [samples.take("import_flows_seconds", once) for _ in range(rounds)]
+    return stats([t for t in times if t is not None])
 
 
 def peak_memory_mb() -> dict[str, float]:
@@ -253,15 +257,26 @@ def results(samples: Samples, scale: dict[int, list[float]], host: dict) -> dict
         pairs = zip(samples[f"flow_{kind}"], samples[f"script_{kind}"], strict=True)
         return [flow / script for flow, script in pairs]
 
-    def step_medians(kind: str) -> dict[str, float]:
+    missing: dict[str, str] = {}  # figure -> why it has no value
+
+    def step_medians(kind: str) -> dict[str, float] | None:
+        rounds = samples.pop(f"flow_{kind}_steps", [])
+        if not rounds:
+            missing[f"flow_{kind}_steps_median_seconds"] = (
+                f"no {kind} round of the flow succeeded (see failures)"
+            )
+            return None
         steps = defaultdict(list)
-        for round_steps in samples.pop(f"flow_{kind}_steps"):
+        for round_steps in rounds:
             for name, seconds in round_steps.items():
                 steps[name].append(seconds)
         return {name: statistics.median(v) for name, v in steps.items()}
 
     samples["full_release_ratio"], samples["noop_release_ratio"] = ratios("release"), ratios("noop")
     one = statistics.median(scale[1]) if scale.get(1) else None
+    # Measured before the failures are copied below: a failed import round is one of them.
+    imports = imports_seconds(samples)
+    release_steps, noop_steps = step_medians("release"), step_medians("noop")
     return {
         "full_release_ratio": stats(samples["full_release_ratio"]),
         "noop_release_ratio": stats(samples["noop_release_ratio"]),
@@ -276,11 +291,12 @@ def results(samples: Samples, scale: dict[int, list[float]], host: dict) -> dict
         "scale_8_to_1_ratio": statistics.median(scale[8]) / one if one and scale.get(8) else None,
         "failures": dict(samples.failures),
         "every_sample_succeeded": not samples.failures,
+        "missing": missing,
         "peak_memory_mb": peak_memory_mb(),
-        "import_flows_seconds": imports_seconds(),
+        "import_flows_seconds": imports,
         # Where the flow's time goes (the release summary's per-step seconds).
-        "flow_release_steps_median_seconds": step_medians("release"),
-        "flow_noop_steps_median_seconds": step_medians("noop"),
+        "flow_release_steps_median_seconds": release_steps,
+        "flow_noop_steps_median_seconds": noop_steps,
         "samples": dict(samples),
         "goals": {name: f"median <= {goal}" for name, goal in GOALS.items()},
         "rounds": ROUNDS,
@@ -324,6 +340,8 @@ def table(data: dict) -> str:
     lines.append(f"{'scale: 8 / 1 environments':<34}{'-' if ratio is None else f'{ratio:.2f}':>9}")
     for name, reasons in data["failures"].items():
         lines.append(f"FAILED {name} x{len(reasons)}: {reasons[-1][:300]}")
+    for name, reason in data["missing"].items():
+        lines.append(f"MISSING {name}: {reason}")
     return "\n".join(lines)
 
 

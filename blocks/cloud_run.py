@@ -106,17 +106,12 @@ class CloudRunSettings(Block):
 
 
 def connect(
-    settings: CloudRunSettings | None,
+    settings: CloudRunSettings,
     environment_name: str,
     container_env: dict[str, str],
     processes: Processes | None = None,
 ) -> CloudRunTarget:
     """The Cloud Run adapter for an environment (its `cloud_run` settings block)."""
-    if settings is None:
-        raise ConfigurationError(
-            f"environment {environment_name!r} has target 'cloudrun' but no Cloud Run settings: "
-            "create a Cloud Run Settings block and set it as the environment's cloud_run field"
-        )
     credentials = _credentials(settings)
     return CloudRunTarget(
         credentials,

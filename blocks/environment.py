@@ -297,12 +297,15 @@ def connect_target(env: ReleaseEnvironment) -> Target:
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 
 
-def _settings(env: ReleaseEnvironment, field: str):
+def _settings(env: ReleaseEnvironment, field: Literal["cloud_run", "ecs"]):
+    """The environment's settings block for its cloud target, which it must have."""
     settings = getattr(env, field)
     if settings is None:
+        kind = {"cloud_run": "Cloud Run", "ecs": "ECS"}[field]
         raise ConfigurationError(
-            f"environment {env.environment!r} has target {env.target!r} but no `{field}` "
-            f"settings: set its `{field}` field to a settings block (see README)"
+            f"environment {env.environment!r} has target {env.target!r} but no {kind} "
+            f"settings: create a {kind} Settings block and set it as the environment's "
+            f"`{field}` field (see README)"
         )
     return settings
 

@@ -1,1 +1,2 @@
-"""Prefect flows: the release, its rollback subflow, and the entry flows."""
+"""Prefect flows: the release and its entry flows, plan, rollback and restore, the
+compensating subflow, and the status report."""

@@ -1,19 +1,18 @@
 """The compensating subflow: undo exactly what a change's record says happened, in order
 (the previous API, the previous workers, then the schema), then prove the restored
-environment healthy. Run by a failing release or restore in its own process, and by the
-`rollback` flow for a change whose process died.
+environment healthy. Run by a failing release or restore in its own process, through the
+saga's target adapter, and by the `rollback` flow for a change whose process died (through
+the adapter its resumed saga connected).
 
 The schema goes back with the migration scripts of the image that knows the revisions to
 undo: the NEW image when a release is undone (the old one does not know the new
 revisions), the image that ran before when a restore of an earlier release is undone.
 """
 
-from contextlib import closing
-
 from prefect import flow, get_run_logger
 from pydantic import BaseModel
 
-from blocks.environment import ReleaseEnvironment, connect_target
+from blocks.environment import ReleaseEnvironment
 from flows.errors import RollbackFailed
 from ledger.record import ROLLBACK_ORDER, Compensation, ReleaseRecord
 from targets.base import Target, describe_service
@@ -29,14 +28,28 @@ class Restored(BaseModel):
     schema_revision: str | None  # where the schema is afterwards
 
 
-@flow(name="compensate", flow_run_name="compensate {record.kind} {record.short_id}")
-def compensate(env: ReleaseEnvironment, record: ReleaseRecord) -> Restored:
-    """Apply the record's compensations and verify; what was restored. Raises
-    RollbackFailed, saying what state the environment is in, if it cannot."""
-    logger = get_run_logger()
-    before, schema = record.snapshot.state, record.snapshot.schema_revision
-    done: list[str] = []
-    with closing(connect_target(env)) as target:
+def compensate(env: ReleaseEnvironment, target: Target, record: ReleaseRecord) -> Restored:
+    """Run the compensating subflow for `record` through the saga's own `target` adapter
+    (never a second connection); what was restored. Raises RollbackFailed, saying what
+    state the environment is in, if it cannot."""
+    return _Compensation(env, target).run(record)
+
+
+class _Compensation:
+    """The environment and the target adapter the subflow works through: bound to the
+    flow as `self`, which Prefect neither validates nor stores with the run's parameters
+    (an adapter holds live clients and credentials)."""
+
+    def __init__(self, env: ReleaseEnvironment, target: Target):
+        self.env, self.target = env, target
+
+    @flow(name="compensate", flow_run_name="compensate {record.kind} {record.short_id}")
+    def run(self, record: ReleaseRecord) -> Restored:
+        """Apply the record's compensations and verify; what was restored."""
+        logger = get_run_logger()
+        env, target = self.env, self.target
+        before, schema = record.snapshot.state, record.snapshot.schema_revision
+        done: list[str] = []
         step = "verify the restored environment"
         try:
             for compensation in (c for c in ROLLBACK_ORDER if c in record.compensations):
@@ -66,8 +79,8 @@ def compensate(env: ReleaseEnvironment, record: ReleaseRecord) -> Restored:
                 f"The release record is kept: fix the cause, then run `python -m flows.rollback "
                 f"{env.environment}` again."
             ) from exc
-    logger.info(f"rollback complete and verified: {'; '.join(done)}")
-    return Restored(done=done, schema_revision=schema)
+        logger.info(f"rollback complete and verified: {'; '.join(done)}")
+        return Restored(done=done, schema_revision=schema)
 
 
 def _restore_schema(

@@ -22,6 +22,7 @@ from prefect.states import Cancelled, State
 from pydantic import MISSING, Field
 
 from deployments.environments import Environment, EnvironmentName, release_slot
+from flows.errors import ReleaseFailed
 from flows.release import release
 from flows.saga import parent_heartbeat_only
 from targets.errors import ConfigurationError
@@ -109,9 +110,10 @@ def release_from_ui(
         on_busy: When another release of the environment is in flight: wait, or cancel this one.
     """
     if image and git_ref:
-        raise ConfigurationError(
+        both = ConfigurationError(
             "give either `image` (release an existing image) or `git_ref` (build it), not both"
         )
+        raise ReleaseFailed.refused(f"release to {environment}", both)
     return _exclusive_release(
         environment,
         on_busy,
@@ -152,7 +154,8 @@ def release_pushed_image(
 
 
 def _exclusive_release(environment: str, on_busy: OnBusy, **release_args) -> dict | State:
-    """Run the release subflow while holding the environment's release slot."""
+    """Run the release subflow while holding the environment's release slot. Raises
+    ReleaseFailed (flows/errors.py), as the release does, if the slot cannot be taken."""
     slot = release_slot(environment)
     get_run_logger().info(f"taking the release slot {slot} (when busy: {on_busy})")
     with ExitStack() as stack:
@@ -166,15 +169,18 @@ def _exclusive_release(environment: str, on_busy: OnBusy, **release_args) -> dic
                 )
             )
         except ConcurrencySlotAcquisitionError as exc:
-            if not _slot_taken(exc):
-                raise ConfigurationError(
-                    f"cannot take the release slot {slot!r} ({exc}): create it with "
-                    "`python -m deployments.setup`"
-                ) from None
-            return Cancelled(
-                message=f"another release of {environment} is in flight: this one is "
-                "cancelled (on_busy=cancel)"
+            if _slot_taken(exc):
+                return Cancelled(
+                    message=f"another release of {environment} is in flight: this one is "
+                    "cancelled (on_busy=cancel)"
+                )
+            cause = ConfigurationError(
+                f"cannot take the release slot {slot!r} ({exc}): create it with "
+                "`python -m deployments.setup`"
             )
+            raise ReleaseFailed.refused(f"release to {environment}", cause) from exc
+        except Exception as exc:
+            raise ReleaseFailed.refused(f"release to {environment}", exc) from exc
         with parent_heartbeat_only():
             return release(environment=environment, **release_args)
 

@@ -15,13 +15,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from blocks.environment import connect_target, load_environment
 from flows.errors import ReleaseFailed
-from flows.prepare import Prepared, ReleaseRequest, prepare
+from flows.prepare import Prepared, ReleaseRequest, documented, prepare
 from flows.saga import Steps
 from targets.base import describe_service
 from tasks.check_migrations import MigrationCheck, MigrationRefused, check_migrations
 
 
 @flow(name="plan", flow_run_name="plan {environment}")
+@documented("Say what releasing to `environment` would do; change nothing there.")
 def plan(
     environment: str,
     source: str | None = None,
@@ -32,19 +33,6 @@ def plan(
     worker_count: int | None = None,
     allow_breaking: list[str] | None = None,
 ) -> dict:
-    """Say what releasing to `environment` would do; change nothing there.
-
-    Args:
-        environment: Name of the ReleaseEnvironment block.
-        source: The code: a directory, or a git URL (with `git_ref`); default: the
-            application spec's build source.
-        git_ref: Branch, tag or commit to build when `source` is a git URL.
-        subdir: Build context inside `source` (default: the application spec's).
-        image: Plan the release of this existing image (tag or digest) instead of building.
-        version: Version the release would tag and expect on /health.
-        worker_count: Workers the release would run (default: the environment's).
-        allow_breaking: Pending revision ids whose breaking operations would be accepted.
-    """
     request = ReleaseRequest.model_validate(locals())  # the parameters as one model
     try:
         env = load_environment(environment)
@@ -60,7 +48,7 @@ def plan(
                         prepared.images["migrate"],
                         current=prepared.snapshot.schema_revision,
                         allow_breaking=allow_breaking,
-                        first_release=_first_release(prepared),
+                        first_release=prepared.first_release,
                     )
                 except MigrationRefused as exc:
                     refused = str(exc)
@@ -74,10 +62,6 @@ def plan(
     )
     get_run_logger().info(result["summary"])
     return result
-
-
-def _first_release(prepared: Prepared) -> bool:
-    return prepared.snapshot.state.api.image is None and prepared.snapshot.schema_revision is None
 
 
 def _describe(

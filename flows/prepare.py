@@ -5,7 +5,12 @@ before anything changes.
     build and push the image, or resolve the given one
 """
 
-from pydantic import BaseModel
+import textwrap
+from collections.abc import Callable
+from typing import TypeVar
+
+from prefect_docker import DockerRegistryCredentials
+from pydantic import BaseModel, Field
 
 from blocks.application import ROLES, Build
 from blocks.environment import ReleaseEnvironment, push_credentials
@@ -18,20 +23,38 @@ from tasks.build import build
 from tasks.push import confirm_pushed, push, resolve
 from tasks.snapshot import take_snapshot
 
+F = TypeVar("F", bound=Callable)
+
 
 class ReleaseRequest(BaseModel):
-    """What the caller asked for: build `source` (a directory, or a git URL at `git_ref`;
-    default: the application spec's) or release the existing `image`; `version` to tag and
-    expect; `worker_count` workers (default: the environment's); revisions in
-    `allow_breaking` accepted."""
+    """What the caller asked for: the parameters `release` and `plan` share, described
+    once here (their docstrings are written from these descriptions by `documented`)."""
 
-    source: str | None = None
-    git_ref: str | None = None
-    subdir: str | None = None
-    image: str | None = None
-    version: str | None = None
-    worker_count: int | None = None
-    allow_breaking: list[str] | None = None
+    source: str | None = Field(
+        None,
+        description="The code: a directory, or a git URL (with `git_ref`); default: the "
+        "application spec's build source.",
+    )
+    git_ref: str | None = Field(
+        None, description="Branch, tag or commit to build when `source` is a git URL."
+    )
+    subdir: str | None = Field(
+        None, description="Build context inside `source` (default: the application spec's)."
+    )
+    image: str | None = Field(
+        None, description="Release this existing image (tag or digest) instead of building."
+    )
+    version: str | None = Field(
+        None, description="Version to tag and expect on /health (default: from the source's files)."
+    )
+    worker_count: int | None = Field(
+        None, description="Workers to run (default: the environment's worker count)."
+    )
+    allow_breaking: list[str] | None = Field(
+        None,
+        description="Pending revision ids whose breaking or irreversible operations are "
+        "accepted (otherwise the release refuses them before any change).",
+    )
 
     def describe(self, spec: Build) -> str:
         """The source as the ledger shows it."""
@@ -48,6 +71,23 @@ class ReleaseRequest(BaseModel):
         return workers
 
 
+def documented(summary: str, **more: str) -> Callable[[F], F]:
+    """Give a flow function the docstring `summary` plus an Args section: `environment`,
+    the ReleaseRequest fields, then `more` (Prefect shows them on the flow's form)."""
+    fields = {name: field.description for name, field in ReleaseRequest.model_fields.items()}
+    args = {"environment": "Name of the ReleaseEnvironment block.", **fields, **more}
+    lines = [
+        textwrap.fill(f"{name}: {text}", 88, initial_indent="    ", subsequent_indent="        ")
+        for name, text in args.items()
+    ]
+
+    def document(fn: F) -> F:
+        fn.__doc__ = "\n".join([summary, "", "Args:", *lines])
+        return fn
+
+    return document
+
+
 class Prepared(BaseModel):
     """The rollback point and the pinned images a release would roll out."""
 
@@ -58,6 +98,11 @@ class Prepared(BaseModel):
     @property
     def api(self) -> str:
         return self.images["api"]
+
+    @property
+    def first_release(self) -> bool:
+        """Nothing runs yet and the schema is at base (no revision can be breaking)."""
+        return self.snapshot.state.api.image is None and self.snapshot.schema_revision is None
 
     def is_running(self, workers: int) -> bool:
         state = self.snapshot.state
@@ -100,14 +145,22 @@ def prepare(run: Steps, request: ReleaseRequest) -> Prepared:
         images = {role: pinned[b.reference] for role, b in built.items()}
         version = built["api"].version
     else:
-        references = role_references(request.image, spec)
-        resolved = {
-            reference: run.step("resolve-image", resolve, reference, credentials, env.docker_host)
-            for reference in dict.fromkeys(references.values())
-        }
-        images = {role: resolved[reference][0] for role, reference in references.items()}
-        version = resolved[references["api"]][1]
+        resolved = resolve_images(run, role_references(request.image, spec), credentials)
+        images = {role: pinned for role, (pinned, _) in resolved.items()}
+        version = resolved["api"][1]
     return Prepared(snapshot=snapshot.result(), images=images, version=version)
+
+
+def resolve_images(
+    run: Steps, references: dict[str, str], credentials: DockerRegistryCredentials | None
+) -> dict[str, tuple[str, str]]:
+    """Each role's existing image resolved (one step per distinct reference) to its pinned
+    digest reference and the version its labels carry."""
+    resolved = {
+        reference: run.step("resolve-image", resolve, reference, credentials, run.env.docker_host)
+        for reference in dict.fromkeys(references.values())
+    }
+    return {role: resolved[reference] for role, reference in references.items()}
 
 
 def role_references(image: str, spec: Build) -> dict[str, str]:

@@ -21,7 +21,7 @@ from blocks.environment import load_environment
 from flows.approval import approve
 from flows.errors import ReleaseFailed
 from flows.plan import plan
-from flows.prepare import ReleaseRequest, prepare
+from flows.prepare import ReleaseRequest, documented, prepare
 from flows.rollout import roll_out
 from flows.saga import Saga
 from ledger.record import Compensation
@@ -45,6 +45,10 @@ RELEASE_STEPS = (
 
 
 @flow(name="release", flow_run_name="release {environment}")
+@documented(
+    "Release the backend to `environment`.",
+    dry_run="Only plan: build, push and report what would change (the `plan` flow).",
+)
 def release(
     environment: str,
     source: str | None = None,
@@ -56,21 +60,6 @@ def release(
     dry_run: bool = False,
     allow_breaking: list[str] | None = None,
 ) -> dict:
-    """Release the backend to `environment`.
-
-    Args:
-        environment: Name of the ReleaseEnvironment block to release to.
-        source: The code: a directory, or a git URL (with `git_ref`); default: the
-            application spec's build source.
-        git_ref: Branch, tag or commit to build when `source` is a git URL.
-        subdir: Build context inside `source` (default: the application spec's).
-        image: Release this existing image (tag or digest) instead of building.
-        version: Version to tag and expect on /health (default: from the source's files).
-        worker_count: Override the environment's worker count for this release.
-        dry_run: Only plan: build, push and report what would change (the `plan` flow).
-        allow_breaking: Pending revision ids whose breaking or irreversible operations
-            are accepted (otherwise the release refuses them before any change).
-    """
     request = ReleaseRequest.model_validate(locals())  # the parameters as one model
     if dry_run:
         return plan(environment, **request.model_dump())
@@ -98,7 +87,7 @@ def release(
             images["migrate"],
             current=snapshot.schema_revision,
             allow_breaking=request.allow_breaking,
-            first_release=snapshot.state.api.image is None and snapshot.schema_revision is None,
+            first_release=prepared.first_release,
         )
         saga.record.irreversible = check.irreversible
         saga.record.approved_by = approve(env, version, prepared.api)

@@ -15,6 +15,7 @@ the restore (the schema with an upgrade), and the ledger records the restore eit
 
 from blocks.application import ROLES
 from blocks.environment import ReleaseEnvironment, push_credentials
+from flows.prepare import resolve_images
 from flows.rollout import roll_out
 from flows.saga import Saga
 from ledger.record import GOOD, Compensation, ReleaseRecord, Snapshot
@@ -22,7 +23,6 @@ from ledger.store import Ledger
 from targets.errors import ConfigurationError
 from tasks.check_migrations import check_downgrade
 from tasks.migrate import downgrade
-from tasks.push import resolve
 from tasks.snapshot import take_snapshot
 from tasks.verify import verify_api
 
@@ -36,13 +36,9 @@ def restore(env: ReleaseEnvironment, to: str) -> list[str]:
             records = ledger.history(env.environment, limit=200)
         chosen = choose(records, to, snapshot)
         wanted = chosen.expected
-        credentials = push_credentials(env)
         wanted_images = chosen.images or dict.fromkeys(ROLES, wanted.image)
-        resolved = {
-            image: saga.step("resolve-image", resolve, image, credentials, env.docker_host)[0]
-            for image in dict.fromkeys(wanted_images.values())
-        }
-        images = {role: resolved[image] for role, image in wanted_images.items()}
+        resolved = resolve_images(saga, wanted_images, push_credentials(env))
+        images = {role: pinned for role, (pinned, _) in resolved.items()}
         saga.record.rolls_out(images, chosen.version, wanted.workers)
         current = snapshot.schema_revision
         same_app = snapshot.state.api.image == images["api"]

@@ -161,15 +161,20 @@ class Saga(Steps):
     @classmethod
     def resume(cls, env: ReleaseEnvironment, record: ReleaseRecord) -> "Saga":
         """The saga of a change whose process died (or whose rollback failed): its lock is
-        still held; its ledger row, if the database has it, is completed at the end."""
-        with Ledger(env.database_url_value()) as ledger:
-            row = ledger.find(env.environment, record.id)
+        still held; its ledger row, if the database has it, is completed at the end.
+        Nothing has changed if this fails (ReleaseFailed)."""
+        try:
+            with Ledger(env.database_url_value()) as ledger:
+                row = ledger.find(env.environment, record.id)
+            target = connect_target(env)
+        except Exception as exc:
+            raise ReleaseFailed.refused(f"rollback of {env.environment}", exc) from exc
         if row is not None:
             log = record.saga_log()
             record = row.model_copy(update={k: getattr(record, k) for k in log})
         if record.snapshot is not None:
             record.took_snapshot(record.snapshot)
-        return cls(env, connect_target(env), record)
+        return cls(env, target, record)
 
     def __enter__(self) -> "Saga":
         return self
@@ -242,7 +247,7 @@ class Saga(Steps):
             return []
         try:
             with parent_heartbeat_only():
-                restored = compensate(self.env, record)
+                restored = compensate(self.env, self.target, record)
         except RollbackFailed as failure:
             self._end("rollback failed", f"{reason}. {failure}", None)
             raise

@@ -38,9 +38,6 @@ class ImageRef:
             )
         return replace(self, tag=tag, digest=None)
 
-    def with_digest(self, digest: str) -> "ImageRef":
-        return replace(self, digest=digest)
-
     def __str__(self) -> str:
         out = self.name
         if self.tag:

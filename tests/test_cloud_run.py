@@ -8,6 +8,7 @@ import httpx
 import pytest
 from google.cloud import run_v2
 from prefect import task
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
 from prefect_gcp import GcpCredentials
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 
 from blocks.application import ApplicationSpec, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
-from blocks.environment import connect_target
+from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
 from flows.release import release as release_flow
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
@@ -256,10 +257,16 @@ def test_artifact_registry_login_uses_an_access_token_of_the_service_account(
 
 
 def test_bad_input_is_a_clear_error_before_anything_runs(fake, settings):
+    unset = ReleaseEnvironment(
+        environment="staging",
+        image_repository="127.0.0.1:5000/rhesis/backend",
+        database_url=Secret(value="postgresql://u:p@127.0.0.1:5432/db"),
+        target="cloudrun",
+    )
     with pytest.raises(ValidationError, match="'<area>-<direction><number>', e.g. 'europe-west1'"):
         make_settings(fake, region="europe_west")
     with pytest.raises(ConfigurationError, match="no Cloud Run settings"):
-        connect(None, "staging", {})
+        connect_target(unset)
     missing = make_settings(fake, api_service=settings.api_service, worker_service="no-such-worker")
     with pytest.raises(ConfigurationError, match="'no-such-worker' does not exist"):
         connect(missing, "staging", {}).check()
