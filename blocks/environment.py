@@ -293,7 +293,21 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             processes=processes(env.application),
         )
     if env.target == "ecs":
-        return connect_ecs(_settings(env, "ecs"), env.environment, container_env(env))
+        if env.secrets:
+            names = ", ".join(sorted(env.secrets))
+            raise ConfigurationError(
+                f"ECS secret variables are not supported yet: {names} "
+                f"of environment {env.environment!r} would become plain task-definition values. "
+                "Give them to the services as `secrets` (valueFrom Secrets Manager or SSM) in "
+                "their task definitions and remove them from the environment's `secrets`"
+            )
+        return connect_ecs(
+            _settings(env, "ecs"),
+            env.environment,
+            container_env(env),
+            plain_env={**env_file_values(env), **env.env},
+            processes=processes(env.application),
+        )
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 
 
