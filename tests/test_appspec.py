@@ -5,6 +5,7 @@ elsewhere, /health without a version, three runtime secrets and a build secret) 
 Docker host, against the real engine, registry and PostgreSQL."""
 
 import json
+import re
 import uuid
 
 import httpx
@@ -19,10 +20,11 @@ from flows.lock import in_flight
 from flows.release import release
 from ledger.store import Ledger
 from targets.docker_host import L_IMAGE
-from targets.errors import ConfigurationError
+from targets.errors import ConfigurationError, StepFailed
 from tasks.check_migrations import check_migrations
+from tasks.verify import verify_api
 from tests.backend import monorepo_context
-from tests.releases import every, refused, running, schema
+from tests.releases import every, logged, refused, running, schema
 from tests.services import SOCKET_DIR
 
 pytestmark = [pytest.mark.appspec, pytest.mark.docker, pytest.mark.migrations]
@@ -191,3 +193,35 @@ def test_a_missing_secret_block_or_a_wrong_dockerfile_or_stage_is_refused_before
     for env in (missing_secret, wrong_dockerfile, wrong_stage):
         assert running(engine, env, "api") == [] and in_flight(env.environment) is None
     assert schema(pg, database) is None
+
+
+def test_health_version_read_from_a_header_or_proven_by_the_running_image(
+    make_env, database, build_backend
+):
+    """The example backend also sends its version as the X-App-Version header."""
+    header = Health(version_source="header", version_key="X-App-Version")
+    env = make_env(database, worker_count=0, application=ApplicationSpec(health=header))
+    env.save(env.environment, overwrite=True)
+    image, other = build_backend("m-v3"), build_backend("m-v2", head="0002")
+
+    assert release(env.environment, image=image)["outcome"] == "released"  # verified by header
+
+    url = f"http://127.0.0.1:{env.api_port}"
+    quick = {"health_budget_seconds": 1, "health_consecutive": 1}
+    target = connect_target(env)
+    with pytest.raises(StepFailed, match="version 'm-v3' \\(header 'X-App-Version'\\), expected"):
+        verify_api(env.model_copy(update=quick), target, url, version="m-v4", image=image)
+    no_header = env.model_copy(
+        update={**quick, "application": ApplicationSpec(health=Health(version_source="header"))}
+    )
+    with pytest.raises(StepFailed, match="version None \\(header 'version'\\), expected 'm-v3'"):
+        verify_api(no_header, target, url, version="m-v3", image=image)
+
+    blind = env.model_copy(
+        update={**quick, "application": ApplicationSpec(health=Health(version_source="none"))}
+    )
+    verify_api(blind, target, url, version="any", image=image)
+    assert logged("(health.version_source='none'), so the platform's word stands for it: container")
+    assert logged(f"runs {image}")
+    with pytest.raises(StepFailed, match=f"runs .*, not {re.escape(other)}$"):
+        verify_api(blind, target, url, version="any", image=other)
