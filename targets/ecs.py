@@ -1,6 +1,8 @@
 """AWS ECS target: the API and the workers are two ECS services of one task-definition family
-shape; a release registers a clone of a service's task definition with only the image (and the
-version label) changed, points the service at it and watches the rollout itself.
+shape; a release registers a clone of a service's task definition with the image and the
+version label changed (and the application spec's plain variables and command set: secrets,
+ports, health check and logging stay the task definition's), points the service at it and
+watches the rollout itself.
 
 The rollout is watched here rather than with boto3 waiters: waiters built from a session ignore
 a custom endpoint, and `services_stable` cannot see a failed rollout. A rollout is done when the
