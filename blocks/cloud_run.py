@@ -59,6 +59,14 @@ class CloudRunSettings(Block):
         default=None,
         description="Cloud Run Admin API endpoint; None: Google's default (run.googleapis.com).",
     )
+    allow_plain_secret_values: bool = Field(
+        default=False,
+        description="Accept the environment's secret variables (`secrets`) as plain values "
+        "of the Cloud Run services and job: they are then stored in clear in their "
+        "definitions, readable by anyone with run.services.get. False: an environment with "
+        "secret variables is refused before any change (Secret Manager references are not "
+        "supported yet).",
+    )
     operation_timeout_seconds: float = Field(
         default=600, gt=0, description="Deadline for one Cloud Run operation (e.g. a rollout)."
     )

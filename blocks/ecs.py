@@ -13,6 +13,7 @@ from prefect_aws import AwsCredentials
 from prefect_docker import DockerRegistryCredentials
 from pydantic import Field
 
+from targets.base import Processes
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget, RolloutPolicy, classify_aws_error
 from targets.errors import ConfigurationError, StepFailed
 from targets.images import parse_image_reference
@@ -65,10 +66,18 @@ class EcsSettings(Block):
     )
 
 
-def connect(settings: EcsSettings, environment_name: str, container_env: dict[str, str]):
+def connect(
+    settings: EcsSettings,
+    environment_name: str,
+    container_env: dict[str, str],
+    plain_env: dict[str, str] | None = None,
+    processes: Processes | None = None,
+):
     """The ECS adapter for an environment. `container_env` (plain variables and the database
-    URL) only fills gaps in one-off tasks' environment: the services' task definitions keep
-    their own environment and secrets."""
+    URL) only fills gaps in one-off tasks' environment. `plain_env` (the env file and `env`,
+    never secrets) is set in the services' revisions a release registers, and `processes`
+    gives their commands (the API's only when the application spec sets one); the task
+    definitions keep everything else: their secrets, ports, health check and logging."""
     creds = settings.aws_credentials
     return EcsTarget(
         _client(creds, "ecs"),
@@ -85,6 +94,9 @@ def connect(settings: EcsSettings, environment_name: str, container_env: dict[st
         ),
         logs=_client(creds, "logs") if settings.read_task_logs else None,
         oneoff_env={**container_env, "APP_ENVIRONMENT": environment_name},
+        env=plain_env,
+        api_command=processes.api_command if processes else None,
+        worker_command=processes.worker_command if processes else None,
     )
 
 

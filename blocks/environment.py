@@ -286,14 +286,39 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             registry_auth=registry_auth(env),
         )
     if env.target == "cloudrun":
+        settings = _settings(env, "cloud_run")
+        if env.secrets and not settings.allow_plain_secret_values:
+            names = ", ".join(sorted(env.secrets))
+            raise ConfigurationError(
+                f"Cloud Run secret variables are not supported yet: {names} "
+                f"of environment {env.environment!r} would be stored as plain values in the "
+                "Cloud Run service and job definitions, readable by anyone who can view them. "
+                "Move them to Secret Manager references in the services yourself and remove them "
+                "from `secrets`, or accept plain values with the Cloud Run settings' "
+                "`allow_plain_secret_values`"
+            )
         return connect_cloud_run(
-            _settings(env, "cloud_run"),
+            settings,
             env.environment,
             container_env(env),
             processes=processes(env.application),
         )
     if env.target == "ecs":
-        return connect_ecs(_settings(env, "ecs"), env.environment, container_env(env))
+        if env.secrets:
+            names = ", ".join(sorted(env.secrets))
+            raise ConfigurationError(
+                f"ECS secret variables are not supported yet: {names} "
+                f"of environment {env.environment!r} would become plain task-definition values. "
+                "Give them to the services as `secrets` (valueFrom Secrets Manager or SSM) in "
+                "their task definitions and remove them from the environment's `secrets`"
+            )
+        return connect_ecs(
+            _settings(env, "ecs"),
+            env.environment,
+            container_env(env),
+            plain_env={**env_file_values(env), **env.env},
+            processes=processes(env.application),
+        )
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 
 

@@ -1,6 +1,8 @@
 """AWS ECS target: the API and the workers are two ECS services of one task-definition family
-shape; a release registers a clone of a service's task definition with only the image (and the
-version label) changed, points the service at it and watches the rollout itself.
+shape; a release registers a clone of a service's task definition with the image and the
+version label changed (and the application spec's plain variables and command set: secrets,
+ports, health check and logging stay the task definition's), points the service at it and
+watches the rollout itself.
 
 The rollout is watched here rather than with boto3 waiters: waiters built from a session ignore
 a custom endpoint, and `services_stable` cannot see a failed rollout. A rollout is done when the
@@ -138,12 +140,19 @@ class EcsTarget:
         rollout: RolloutPolicy | None = None,
         logs=None,
         oneoff_env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        api_command: tuple[str, ...] | None = None,
+        worker_command: tuple[str, ...] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ):
         """`ecs` (and optional CloudWatch `logs`) are boto3 clients. `oneoff_env` fills the
-        environment of one-off tasks for names the task definition does not define itself:
-        the task definitions stay the source of truth for the services' environment."""
+        environment of one-off tasks for names the task definition does not define itself.
+        `env` (plain values only: the environment's env file and `env`) is set in the
+        container of every revision a release registers for the API and the workers,
+        replacing variables of the same name; `api_command` / `worker_command` (None: the
+        task definition's own) become the container's `command`. Everything else, secrets
+        included, stays as the services' task definitions have it."""
         self.ecs = ecs
         self.logs = logs
         self.cluster = cluster
@@ -154,6 +163,9 @@ class EcsTarget:
         self.version_label = version_label
         self.rollout = rollout or RolloutPolicy()
         self.oneoff_env = dict(oneoff_env or {})
+        self.env = dict(env or {})
+        self.api_command = api_command
+        self.worker_command = worker_command
         self._sleep = sleep
         self._clock = clock
 
@@ -170,7 +182,14 @@ class EcsTarget:
             )
         for name in (self.api_service, self.worker_service):
             service = self._service(name)
-            self._container(self._task_definition(service["taskDefinition"]), name)
+            container = self._container(self._task_definition(service["taskDefinition"]), name)
+            if both := sorted({s["name"] for s in container.get("secrets", [])} & set(self.env)):
+                raise ConfigurationError(
+                    f"{', '.join(both)}: a secret of service {name!r}'s task definition "
+                    f"({service['taskDefinition']}) and a plain variable of the environment "
+                    "(`env` or `env_file`): give each variable one source (remove it from the "
+                    "environment, or from the task definition's secrets)"
+                )
 
     def read_state(self) -> TargetState:
         return TargetState(
@@ -212,7 +231,9 @@ class EcsTarget:
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
         service = self._service(self.api_service)
-        revision = self._revision_with(service["taskDefinition"], image, version)
+        revision = self._revision_with(
+            service["taskDefinition"], image, version, command=self.api_command
+        )
         self._update(self.api_service, revision, service["desiredCount"])
 
     def promote_api(self) -> None:
@@ -221,7 +242,9 @@ class EcsTarget:
 
     def scale_workers(self, image: str, version: str, count: int) -> None:
         service = self._service(self.worker_service)
-        revision = self._revision_with(service["taskDefinition"], image, version)
+        revision = self._revision_with(
+            service["taskDefinition"], image, version, command=self.worker_command
+        )
         self._update(self.worker_service, revision, count)
 
     def run_oneoff(
@@ -300,14 +323,20 @@ class EcsTarget:
 
     # -- task definitions ------------------------------------------------------------------
     def _revision_with(
-        self, current_arn: str, image: str, version: str | None, unset: frozenset[str] = frozenset()
+        self,
+        current_arn: str,
+        image: str,
+        version: str | None,
+        unset: frozenset[str] = frozenset(),
+        command: tuple[str, ...] | None = None,
     ) -> str:
         """ARN of a revision equal to `current_arn` but for image and version label (and the
-        `unset` secrets): the current one when it already matches, one of the family's
-        latest revisions when that is the same clone (a retried step or a second one-off
-        registers nothing new), else a newly registered revision."""
+        `unset` secrets; for a service, version given, the plain `env` and `command`): the
+        current one when it already matches, one of the family's latest revisions when that
+        is the same clone (a retried step or a second one-off registers nothing new), else a
+        newly registered revision."""
         current = self._task_definition(current_arn)
-        wanted = self._clone(current, image, version, unset)
+        wanted = self._clone(current, image, version, unset, command)
         if _registrable(current) == wanted:
             return current_arn
         latest = self._call(
@@ -328,11 +357,18 @@ class EcsTarget:
         return registered["taskDefinition"]["taskDefinitionArn"]
 
     def _clone(
-        self, definition: dict, image: str, version: str | None, unset: frozenset[str]
+        self,
+        definition: dict,
+        image: str,
+        version: str | None,
+        unset: frozenset[str],
+        command: tuple[str, ...] | None = None,
     ) -> dict:
         """The registrable fields of `definition` with only the image and version changed
-        (a one-off revision, version None, carries no version label) and the `unset`
-        variables removed from the container's environment and secrets."""
+        (a one-off revision, version None, carries no version label and keeps the task
+        definition's environment) and the `unset` variables removed from the container's
+        environment and secrets; a service's revision also gets the plain `env` and the
+        `command`."""
         clone = _registrable(definition)
         containers = []
         for container in clone["containerDefinitions"]:
@@ -342,6 +378,8 @@ class EcsTarget:
                 for key in ("environment", "secrets"):
                     if key in container:
                         container[key] = [e for e in container[key] if e["name"] not in unset]
+                if version is not None:
+                    container = self._with_env_and_command(container, command)
                 labels = {
                     k: v
                     for k, v in container.get("dockerLabels", {}).items()
@@ -356,6 +394,22 @@ class EcsTarget:
             containers.append(container)
         clone["containerDefinitions"] = containers
         return clone
+
+    def _with_env_and_command(self, container: dict, command: tuple[str, ...] | None) -> dict:
+        """The container with the plain `env` set (a variable keeps its place when the task
+        definition has it; new ones follow in order) and `command`, if any."""
+        if self.env:
+            environment = [
+                {"name": e["name"], "value": self.env.get(e["name"], e["value"])}
+                for e in container.get("environment", [])
+            ]
+            defined = {e["name"] for e in environment}
+            new = [(k, v) for k, v in self.env.items() if k not in defined]
+            environment += [{"name": k, "value": v} for k, v in new]
+            container["environment"] = environment
+        if command:
+            container["command"] = list(command)
+        return container
 
     def _task_definition(self, arn: str) -> dict:
         return self._call(

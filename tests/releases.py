@@ -9,7 +9,13 @@ import httpx
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import LogSort
 from prefect_docker import DockerRegistryCredentials
 
 from blocks.environment import ReleaseEnvironment
@@ -114,3 +120,17 @@ def every(read) -> list:
     while batch := read(limit=page, offset=len(items)):
         items += batch
     return items
+
+
+def logged(text: str, flow_run_id=None, seconds: float = 15) -> bool:
+    """Whether a log line holds `text`: one of the flow run's, or else one of the latest
+    200. Lines reach the API in batches, so this waits up to `seconds` for them."""
+    where = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])) if flow_run_id else None
+    deadline = time.monotonic() + seconds
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(where, limit=200, sort=LogSort.TIMESTAMP_DESC)
+        found = any(text in log.message for log in logs)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)

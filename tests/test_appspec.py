@@ -4,13 +4,18 @@ syntax, SQLALCHEMY_DATABASE_URL, alembic.ini in a sub-package, gunicorn on 8080 
 elsewhere, /health without a version, three runtime secrets and a build secret) on the
 Docker host, against the real engine, registry and PostgreSQL."""
 
+import base64
+import binascii
 import json
+import re
+import time
 import uuid
 
 import httpx
 import pytest
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
+from prefect.settings import get_current_settings
 
 from blocks.application import Api, ApplicationSpec, Build, Database, Health, Migrate, Worker
 from blocks.environment import connect_target
@@ -19,10 +24,11 @@ from flows.lock import in_flight
 from flows.release import release
 from ledger.store import Ledger
 from targets.docker_host import L_IMAGE
-from targets.errors import ConfigurationError
+from targets.errors import ConfigurationError, StepFailed
 from tasks.check_migrations import check_migrations
+from tasks.verify import verify_api
 from tests.backend import monorepo_context
-from tests.releases import every, refused, running, schema
+from tests.releases import every, logged, refused, running, schema
 from tests.services import SOCKET_DIR
 
 pytestmark = [pytest.mark.appspec, pytest.mark.docker, pytest.mark.migrations]
@@ -91,22 +97,48 @@ def stage_of(engine, image: str) -> str:
     return engine.images.get(image).labels["io.example.stage"]
 
 
-def readable_everywhere() -> list[str]:
-    """Every log line, artifact and flow-run parameter a user could read."""
+def readable_everywhere(since: float = 0) -> list[str]:
+    """Every log line, artifact, flow-run parameter, task-run input, run state (message
+    and result reference) a user could read, and the results persisted since `since` (a
+    failed run's exception is: base64 of its pickle, whose strings are kept as UTF-8)."""
     with get_client(sync_client=True) as client:
         logs, artifacts = every(client.read_logs), every(client.read_artifacts)
-        runs = every(client.read_flow_runs)
+        runs, task_runs = every(client.read_flow_runs), every(client.read_task_runs)
+    states = [r.state for r in runs + task_runs if r.state]
+    storage = get_current_settings().results.local_storage_path
+    results = [
+        path.read_bytes()
+        for path in (storage.rglob("*") if storage.is_dir() else [])
+        if path.is_file() and path.stat().st_mtime >= since
+    ]
     return (
         [log.message for log in logs]
-        + [json.dumps(a.data, default=str) for a in artifacts]
+        + [json.dumps(a.data, default=str) + (a.description or "") for a in artifacts]
         + [json.dumps(r.parameters, default=str) for r in runs]
+        + [json.dumps(t.task_inputs, default=str) for t in task_runs]
+        + [(s.message or "") + json.dumps(s.data, default=str) for s in states]
+        + [result.decode(errors="replace") for result in results]
+        + [_unbase64(result) for result in results]
     )
+
+
+def _unbase64(data: bytes) -> str:
+    try:
+        return base64.b64decode(data, validate=False).decode(errors="replace")
+    except binascii.Error:
+        return ""
+
+
+def leaked(secrets: dict[str, str], texts: list[str]) -> list[str]:
+    """The names of the secrets some text holds (names only: a failing test must not
+    print a secret)."""
+    return [name for name, value in secrets.items() if any(value in text for text in texts)]
 
 
 def test_monorepo_v1_then_v2_each_role_from_its_own_stage_its_secrets_kept(
     monorepo_env, engine, pg, database, secrets, tmp_path
 ):
-    env = monorepo_env()
+    env, started = monorepo_env(), time.time()
     first = release(env.environment, source=str(monorepo_context(tmp_path, "0003")), version="m1")
 
     assert (first["outcome"], schema(pg, database)) == ("released", "0003")
@@ -135,16 +167,14 @@ def test_monorepo_v1_then_v2_each_role_from_its_own_stage_its_secrets_kept(
     history = []
     with Ledger(env.database_url_value()) as ledger:
         history = [json.dumps(r.row(), default=str) for r in ledger.history(env.environment)]
-    exposed = readable_everywhere() + history
-    leaked = [name for name, value in secrets.items() if any(value in text for text in exposed)]
-    leaked += ["database password"] if any(pg.password in text for text in exposed) else []
-    assert leaked == []  # names only: a failing test must not print a secret
+    exposed = readable_everywhere(since=started) + history
+    assert leaked({**secrets, "database password": pg.password}, exposed) == []
 
 
 def test_an_unhealthy_v2_is_rolled_back_with_its_schema(
-    monorepo_env, engine, pg, database, tmp_path
+    monorepo_env, engine, pg, database, secrets, tmp_path
 ):
-    env = monorepo_env()
+    env, started = monorepo_env(), time.time()
     release(env.environment, source=str(monorepo_context(tmp_path, "0003")), version="m1")
     before = connect_target(env).read_state()
 
@@ -156,6 +186,8 @@ def test_an_unhealthy_v2_is_rolled_back_with_its_schema(
         )
 
     assert info.value.outcome == "rolled back" and info.value.step == "verify-api"
+    errors = [str(info.value), repr(info.value.cause), *readable_everywhere(since=started)]
+    assert leaked({**secrets, "database password": pg.password}, errors) == []
     assert "schema back to 0003" in str(info.value)
     assert schema(pg, database) == "0003"
     columns = pg.query(
@@ -191,3 +223,35 @@ def test_a_missing_secret_block_or_a_wrong_dockerfile_or_stage_is_refused_before
     for env in (missing_secret, wrong_dockerfile, wrong_stage):
         assert running(engine, env, "api") == [] and in_flight(env.environment) is None
     assert schema(pg, database) is None
+
+
+def test_health_version_read_from_a_header_or_proven_by_the_running_image(
+    make_env, database, build_backend
+):
+    """The example backend also sends its version as the X-App-Version header."""
+    header = Health(version_source="header", version_key="X-App-Version")
+    env = make_env(database, worker_count=0, application=ApplicationSpec(health=header))
+    env.save(env.environment, overwrite=True)
+    image, other = build_backend("m-v3"), build_backend("m-v2", head="0002")
+
+    assert release(env.environment, image=image)["outcome"] == "released"  # verified by header
+
+    url = f"http://127.0.0.1:{env.api_port}"
+    quick = {"health_budget_seconds": 1, "health_consecutive": 1}
+    target = connect_target(env)
+    with pytest.raises(StepFailed, match="version 'm-v3' \\(header 'X-App-Version'\\), expected"):
+        verify_api(env.model_copy(update=quick), target, url, version="m-v4", image=image)
+    no_header = env.model_copy(
+        update={**quick, "application": ApplicationSpec(health=Health(version_source="header"))}
+    )
+    with pytest.raises(StepFailed, match="version None \\(header 'version'\\), expected 'm-v3'"):
+        verify_api(no_header, target, url, version="m-v3", image=image)
+
+    blind = env.model_copy(
+        update={**quick, "application": ApplicationSpec(health=Health(version_source="none"))}
+    )
+    verify_api(blind, target, url, version="any", image=image)
+    assert logged("(health.version_source='none'), so the platform's word stands for it: container")
+    assert logged(f"runs {image}")
+    with pytest.raises(StepFailed, match=f"runs .*, not {re.escape(other)}$"):
+        verify_api(blind, target, url, version="any", image=other)

@@ -140,3 +140,24 @@ def test_an_image_built_from_the_same_sources_is_not_built_again(tmp_path):
     (context / "app" / "changed.py").write_text("changed = True\n")
     changed = replace(plan, sources=source_id(context, context / "Dockerfile"))
     assert build_images(changed, lambda _: None)["api"].image_id != first.image_id
+
+
+@pytest.mark.appspec
+def test_a_push_never_moves_an_existing_tag_to_another_image(engine, registry, build_backend):
+    first, second = build_backend("m-v3"), build_backend("m-v2", head="0002")
+    path = f"{TEST_REPOSITORY_PATH}-tags-{uuid.uuid4().hex[:6]}"
+    reference = f"{TEST_REPOSITORY}-tags-{path.rsplit('-', 1)[1]}:v1"
+    engine.images.get(first).tag(reference)
+    pinned = push(reference, creds(registry))
+    digest = pinned.split("@")[1]
+    engine.images.get(second).tag(reference)  # the same tag, another image
+    try:
+        with pytest.raises(ConfigurationError, match=f"already holds {digest} in the registry"):
+            push(reference, creds(registry))
+        assert registry.manifest_digest(path, "v1") == digest  # not moved
+
+        # A version derived from the same sources: the registry's image is the release.
+        assert push(reference, creds(registry), same_sources=True) == pinned
+        assert registry.manifest_digest(path, "v1") == digest
+    finally:
+        engine.images.remove(reference)

@@ -18,13 +18,15 @@ from blocks.application import ApplicationSpec, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
+from flows.lock import in_flight
 from flows.release import release as release_flow
+from ledger.store import Ledger
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 from targets.registry import login, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, rehearse
 from tests import services
 from tests.fakes.cloud_run import FakeCloudRun
-from tests.releases import schema
+from tests.releases import refused, schema
 
 pytestmark = [pytest.mark.cloudrun, pytest.mark.docker]
 
@@ -330,3 +332,34 @@ def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
 
     assert rehearsal(named, connect_target(named), image, **scratch_round_trip) > 0
     assert schema(pg, database) is None  # rehearsed on the scratch database only
+
+
+@pytest.mark.appspec
+def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_allowed(
+    fake, make_env, database
+):
+    """Cloud Run would store a secret variable as a plain value of the service: refused,
+    naming the variables and the fix, unless the settings accept plain values."""
+    value = f"jwt-{uuid.uuid4().hex}"
+    name = f"cr-jwt-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(name, overwrite=True)
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=make_settings(fake),
+        registry_credentials=None,
+        secrets={"JWT_SECRET_KEY": f"secret/{name}"},
+    )
+    env.save(env.environment, overwrite=True)
+
+    with refused(
+        ConfigurationError, match="Cloud Run secret variables are not supported yet: JWT"
+    ) as info:
+        release_flow(env.environment, version="never")
+    assert "allow_plain_secret_values" in str(info.value)
+    assert in_flight(env.environment) is None
+    with Ledger(env.database_url_value()) as ledger:
+        assert ledger.history(env.environment) == []
+    env.cloud_run.allow_plain_secret_values = True
+    accepted = connect_target(env).env.get("JWT_SECRET_KEY") == value
+    assert accepted  # compared here: a failing assertion must not print the secret

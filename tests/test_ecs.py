@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from prefect_aws import AwsClientParameters, AwsCredentials
 
-from blocks.application import ApplicationSpec, Database
+from blocks.application import Api, ApplicationSpec, Database, Worker
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
 from flows.lock import in_flight
 from flows.release import release
+from ledger.store import Ledger
 from targets.base import TargetState
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
@@ -512,3 +514,109 @@ def test_the_rehearsal_task_proves_it_talks_to_the_scratch_database(
 
     assert check.pending == ["0001", "0002", "0003"] and check.rehearsal_seconds > 0
     assert schema(pg, stack.database) is None  # rehearsed on the scratch database only
+
+
+# -- the application spec on ECS ---------------------------------------------------------------
+def _containers(stack: Stack, revision: str) -> list:
+    """The live containers the agent runs for tasks of `revision`."""
+    return [
+        r.container
+        for r in list(stack.fake.agent.runs.values())
+        if r.task.task_definition_arn == revision and not r.done and r.container is not None
+    ]
+
+
+def _env_of(container) -> dict[str, str]:
+    container.reload()
+    return dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+
+
+@pytest.mark.appspec
+def test_plain_variables_env_file_and_commands_reach_the_services_containers(
+    stack, ecs_environment, build_backend, tmp_path
+):
+    v1 = build_backend("ecs-v1")
+    env_file = tmp_path / "backend.env"
+    env_file.write_text("GREETING=from-file\nAPP_VERSION=from-file\n")
+    port = stack.settings.api_url.rsplit(":", 1)[1]
+    api_command = ["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", port]
+    worker_command = ["celery", "-A", "app.worker", "worker", "--loglevel=warning"]
+    env = ecs_environment(
+        env={"APP_VERSION": "from-env"},  # the app answers /health with it
+        env_file=str(env_file),
+        application=ApplicationSpec(
+            api=Api(command=api_command), worker=Worker(command=worker_command)
+        ),
+    )
+    target = connect_target(env)
+    target.check()
+
+    target.deploy_api(v1, "ecs-v1")
+    target.scale_workers(v1, "ecs-v1", 1)
+
+    assert stack.health()["version"] == "from-env"  # `env` wins over the env file
+    state = target.read_state()
+    wait_until(lambda: target.workers_alive(v1, 1).ok, 30)
+    for revision, command in (
+        (state.api.revision, api_command),
+        (state.workers.revision, worker_command),
+    ):
+        definition = stack.task_definition(revision)["containerDefinitions"][0]
+        environment = {e["name"]: e["value"] for e in definition["environment"]}
+        assert environment["GREETING"] == "from-file" and environment["APP_VERSION"] == "from-env"
+        assert environment["PORT"] == port  # the task definition's own variables stay
+        assert definition["command"] == command
+        assert [s["name"] for s in definition["secrets"]] == ["DATABASE_URL"]  # still a secret
+        [container] = _containers(stack, revision)
+        assert container.attrs["Config"]["Cmd"] == command
+        running = _env_of(container)
+        assert (running["GREETING"], running["APP_VERSION"]) == ("from-file", "from-env")
+
+
+@pytest.mark.appspec
+def test_a_plain_variable_the_task_definition_holds_as_a_secret_is_refused(
+    stack, ecs_environment, build_backend
+):
+    env = ecs_environment(
+        env={"DATABASE_URL": "postgresql://example.invalid/db"},
+        application=ApplicationSpec(database=Database(url_variables=["SQLALCHEMY_DATABASE_URL"])),
+    )
+    before, revisions = stack.target().read_state(), stack.revisions()
+
+    with pytest.raises(ConfigurationError, match="DATABASE_URL: a secret of service 'api'"):
+        connect_target(env).check()
+
+    assert stack.revisions() == revisions and stack.target().read_state() == before
+
+
+@pytest.mark.appspec
+def test_secret_variables_on_ecs_are_refused_before_any_change(make_env, database):
+    """No fake needed: the refusal comes before any AWS call (the endpoint is a closed
+    loopback port) and before the secret blocks, which do not even exist, are read."""
+    settings = EcsSettings(
+        aws_credentials=AwsCredentials(
+            aws_access_key_id="AKIAUNUSED",
+            aws_secret_access_key="unused",
+            region_name=REGION,
+            aws_client_parameters=AwsClientParameters(endpoint_url="http://127.0.0.1:9"),
+        ),
+        cluster="c",
+        api_service="api",
+        worker_service="worker",
+        container_name=CONTAINER,
+        api_url="http://127.0.0.1:9",
+    )
+    secrets = {"JWT_SECRET_KEY": "secret/no-block-1", "AUTH0_SECRET_KEY": "secret/no-block-2"}
+    env = make_env(database, target="ecs", ecs=settings, registry_credentials=None, secrets=secrets)
+    env.save(env.environment, overwrite=True)
+
+    with refused(
+        ConfigurationError,
+        match="ECS secret variables are not supported yet: AUTH0_SECRET_KEY, JWT_SECRET_KEY",
+    ) as info:
+        release(env.environment, version="never")
+
+    assert "task definitions" in str(info.value)  # the fix: valueFrom secrets there
+    assert in_flight(env.environment) is None
+    with Ledger(env.database_url_value()) as ledger:
+        assert ledger.history(env.environment) == []

@@ -2,6 +2,7 @@
 before any change, irreversible ones are named up front, the downgrade is rehearsed on a
 scratch database, rollback lands on the recorded revision, and a busy table fails fast."""
 
+import re
 import textwrap
 
 import httpx
@@ -19,7 +20,7 @@ from targets.migration_lint import lint
 from targets.registry import push_image, registry_auth
 from tasks.check_migrations import MigrationRefused, check_migrations, probe_revisions
 from tests.conftest import BACKEND, backend_context, build_image
-from tests.releases import refused, schema, served_version
+from tests.releases import logged, refused, schema, served_version
 
 pytestmark = [
     pytest.mark.migrations,
@@ -136,6 +137,14 @@ VARIANTS = {
     "ms-bad-downgrade": dict(
         extra=chain((ADD_OWNER[0], 'op.drop_column("projects", "ownr")')),
     ),
+    "ms-reversible-drop": dict(
+        extra=chain(
+            (
+                'op.drop_column("projects", "description")',
+                'op.add_column("projects", sa.Column("description", sa.Text))',
+            )
+        )
+    ),
     "ms-three": dict(extra=THREE_REVISIONS),
     "ms-three-unhealthy": dict(extra=THREE_REVISIONS, fail_health="1"),
 }
@@ -244,6 +253,30 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert accepted.pending == ["0004"] and "drop column" in accepted.accepted[0]
     assert accepted.rehearsal_seconds > 0
     assert schema(pg, database) == "0003"  # the rehearsal ran elsewhere
+
+
+@pytest.mark.appspec
+def test_a_first_release_reports_breaking_findings_instead_of_refusing_them(
+    environment, pg, database, image
+):
+    """Nothing deployed and the database at base: no running version a breaking change
+    could break, so the finding is reported and the release goes on."""
+    state = release(environment.environment, image=image("ms-reversible-drop"), return_state=True)
+
+    assert state.result()["outcome"] == "released"
+    assert schema(pg, database) == "0004"
+    assert "description" not in columns(pg, database, "projects")
+    finding = "revision 0004: drop column (ALTER TABLE projects DROP COLUMN description;)"
+    assert logged(finding, state.state_details.flow_run_id)
+    assert logged("(reported only: no version runs yet)", state.state_details.flow_run_id)
+    # The same revision pending under a running version is refused.
+    with pytest.raises(MigrationRefused, match=re.escape(finding)):
+        check_migrations(
+            environment,
+            connect_target(environment),
+            image("ms-reversible-drop"),
+            current="0003",
+        )
 
 
 def test_an_image_older_than_the_schema_is_refused_with_nothing_changed(

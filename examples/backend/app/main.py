@@ -36,6 +36,7 @@ def health(response: Response) -> dict:
         database = False
     healthy = database and not FAIL_HEALTH
     response.status_code = 200 if healthy else 503
+    response.headers["X-App-Version"] = VERSION  # for checks that read a header instead
     return {"status": "ok" if healthy else "unhealthy", "version": VERSION, "database": database}
 
 
