@@ -11,6 +11,8 @@ Figures (min / median / max over BENCH_ROUNDS rounds, default 3):
   version is verified healthy (goal <= 5)
 - schema_rollback_seconds: the same with a pending migration, so the rollback downgrades
 - event_to_run_seconds: image push -> the triggered flow run started (worker polls 1 s)
+- version_5000_files: the content version of a 5,000-file monorepo against `tar -c` of its
+  build context (bench/version_speed.py), seconds each
 - scale: one code change released to 1, 2, 4 and 8 environments at once (one process per
   release, one Prefect server), total wall time; BENCH_SCALE_ROUNDS rounds (default 1).
 
@@ -38,7 +40,7 @@ import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bench import events  # noqa: E402
+from bench import events, version_speed  # noqa: E402
 from bench.lab import Lab  # noqa: E402
 from bench.runs import rollback_timeline  # noqa: E402
 from tests import services  # noqa: E402
@@ -287,6 +289,10 @@ def results(samples: Samples, scale: dict[int, list[float]], host: dict) -> dict
         "schema_rollback_api_healthy_seconds": stats(
             samples["schema_rollback_api_healthy_seconds"]
         ),
+        "version_5000_files": {
+            "content_version_seconds": stats(samples["content_version"]),
+            "tar_context_seconds": stats(samples["tar_context"]),
+        },
         "scale": [{"environments": n, **stats(v)} for n, v in sorted(scale.items())],
         "scale_8_to_1_ratio": statistics.median(scale[8]) / one if one and scale.get(8) else None,
         "failures": dict(samples.failures),
@@ -352,6 +358,8 @@ def main() -> None:
     processes = Processes(root)
     lab = Lab(root, pg, registry, engine)
     samples, scale = Samples(), {}
+    say("timing the content version of a 5,000-file monorepo against tar of its context")
+    samples.update(samples.take("version_5000_files", version_speed.measure, ROUNDS) or {})
     try:
         say("starting a Prefect server, the worker, a second registry and the event bridge")
         # The server on PostgreSQL, as Prefect advises for production: on SQLite, a write
