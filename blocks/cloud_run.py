@@ -14,7 +14,7 @@ from prefect_gcp import GcpCredentials
 from pydantic import Field, field_validator
 
 from targets.base import Processes
-from targets.cloud_run import CloudRunTarget
+from targets.cloud_run import CloudRunTarget, max_api_service_length, tag_room_problem
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 
 _REGION = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
@@ -99,6 +99,13 @@ class CloudRunSettings(Block):
                 f"{value!r} is not a Cloud Run service/job name: lowercase letters, digits "
                 "and '-', starting with a letter, at most 49 characters"
             )
+        return value
+
+    @field_validator("api_service")
+    @classmethod
+    def _tag_fits(cls, value: str) -> str:
+        if len(value) > max_api_service_length():
+            raise ValueError(tag_room_problem(value))
         return value
 
     @field_validator("cloudsql_instances")

@@ -41,6 +41,7 @@ CLOUDSQL_MOUNT = "/cloudsql"  # where gcloud's --add-cloudsql-instances puts the
 REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+FAILED = run_v2.Condition.State.CONDITION_FAILED
 # A Cloud Run service must listen on $PORT or its startup probe fails; a Celery worker does
 # not, so the worker command runs behind a minimal HTTP listener on $PORT.
 WORKER_PORT_SHIM = ["sh", "-c", 'python3 -m http.server "$PORT" >/dev/null 2>&1 & exec "$@"', "--"]
@@ -60,8 +61,34 @@ def slug(text: str, limit: int) -> str:
     return cleaned[:limit].rstrip("-") or "x"
 
 
-def candidate_tag(version: str) -> str:
-    return "v-" + slug(version, 28)
+# Cloud Run serves a tag at https://TAG---SERVICE-HASH-REGION.a.run.app: the tag and the
+# service name together may have at most 46 characters, and a tag at least 3.
+TAG_AND_SERVICE_MAX = 46
+TAG_MIN = 3
+TAG_PREFIX = "v-"
+
+
+def max_api_service_length() -> int:
+    return TAG_AND_SERVICE_MAX - TAG_MIN
+
+
+def candidate_tag(version: str, service: str) -> str:
+    """The candidate revision's traffic tag: 'v-' and the version, as much of it as Cloud
+    Run's limit leaves beside the service name (at most 28 characters of it)."""
+    room = TAG_AND_SERVICE_MAX - len(service) - len(TAG_PREFIX)
+    if room < TAG_MIN - len(TAG_PREFIX):
+        raise ConfigurationError(tag_room_problem(service))
+    return TAG_PREFIX + slug(version, min(28, room))
+
+
+def tag_room_problem(service: str) -> str:
+    return (
+        f"Cloud Run service name {service!r} has {len(service)} characters: Cloud Run refuses "
+        f"a traffic tag whose length plus the service name's exceeds {TAG_AND_SERVICE_MAX}, and "
+        f"a tag under {TAG_MIN} characters, so the release's candidate tag cannot fit. Use an "
+        f"API service of at most {max_api_service_length()} characters (api_service in the "
+        "Cloud Run settings block)"
+    )
 
 
 def short_name(resource: str) -> str:
@@ -101,6 +128,8 @@ class CloudRunTarget:
 
     # -- facts ---------------------------------------------------------------------------
     def check(self) -> None:
+        if len(short_name(self.api_name)) > max_api_service_length():
+            raise ConfigurationError(tag_room_problem(short_name(self.api_name)))
         for name in (self.api_name, self.worker_name):
             if self._get_service(name, allow_missing=True) is None:
                 raise ConfigurationError(
@@ -164,6 +193,7 @@ class CloudRunTarget:
 
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
+        tag = candidate_tag(version, short_name(self.api_name))
         service = self._get_service(self.api_name)
         serving = self._serving_name(service)
         revision = self._revision_name(self.api_name, version)
@@ -172,14 +202,12 @@ class CloudRunTarget:
         command = self.processes.api_command  # None: the image's own entrypoint serves it
         api.command, api.args = (command[:1], command[1:]) if command else ([], [])
         api.ports = [run_v2.ContainerPort(container_port=self.processes.api_port)]
-        tagged = run_v2.TrafficTarget(
-            type_=REVISION, revision=revision, percent=0, tag=candidate_tag(version)
-        )
+        tagged = run_v2.TrafficTarget(type_=REVISION, revision=revision, percent=0, tag=tag)
         if serving is None:  # nothing serves yet: nothing to protect
             tagged.percent = 100
         keep = [run_v2.TrafficTarget(type_=REVISION, revision=serving, percent=100)]
         service.traffic = [*(keep if serving else []), tagged]
-        self._update(service, f"deploy revision {revision} (no traffic, tag {tagged.tag})")
+        self._update(service, f"deploy revision {revision} (no traffic, tag {tag})", revision)
 
     def promote_api(self) -> None:
         service = self._get_service(self.api_name)
@@ -205,7 +233,7 @@ class CloudRunTarget:
         container.resources = resources
         template.scaling.min_instance_count = count
         service.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100)]
-        self._update(service, f"run {count} worker(s) of {image} as {revision}")
+        self._update(service, f"run {count} worker(s) of {image} as {revision}", revision)
 
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
@@ -354,9 +382,31 @@ class CloudRunTarget:
             allow_missing=True,
         )
 
-    def _update(self, service: run_v2.Service, what: str) -> None:
+    def _update(self, service: run_v2.Service, what: str, revision: str | None = None) -> None:
+        """Apply `service`; when it creates `revision`, a rollout that fails because that
+        revision cannot become ready is a failed step, whatever the operation's code (Cloud
+        Run answers 9 or 13 for it): deploying the same revision again cannot help."""
         operation = self._call(what, self.services.update_service, service=service)
-        self._wait(operation, what)
+        try:
+            self._wait(operation, what)
+        except (TransientError, StepFailed):
+            failure = self._revision_failure(service.name, revision) if revision else None
+            if failure is None:
+                raise
+            raise StepFailed(f"{what}: revision {revision} failed: {failure}") from None
+
+    def _revision_failure(self, service_name: str, revision: str) -> str | None:
+        """Why `revision` failed to become ready, from its conditions; None: it did not."""
+        found = self._call(
+            f"read revision {revision}",
+            self.revisions.get_revision,
+            name=f"{service_name}/revisions/{revision}",
+            retry=READ_RETRY,
+            allow_missing=True,
+        )
+        failed = [c for c in found.conditions if c.state == FAILED] if found else []
+        failed.sort(key=lambda c: c.type_ != "Ready")  # the Ready condition's word first
+        return (failed[0].message or f"its {failed[0].type_} condition failed") if failed else None
 
     def _wait(self, operation, what: str, timeout: float | None = None):
         """Wait for a long-running operation, with a deadline; its error becomes StepFailed."""

@@ -6,6 +6,7 @@ import uuid
 
 import httpx
 import pytest
+from google.api_core.exceptions import BadRequest
 from google.cloud import run_v2
 from prefect import task
 from prefect.blocks.system import Secret
@@ -21,9 +22,11 @@ from flows.errors import ReleaseFailed
 from flows.lock import in_flight
 from flows.release import release as release_flow
 from ledger.store import Ledger
-from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from targets.base import Processes
+from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
 from targets.registry import login, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, rehearse
+from tasks.deploy import deploy_api as deploy_api_task
 from tests import services
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import refused, schema
@@ -67,7 +70,12 @@ def make_settings(fake: FakeCloudRun, *, authorized: bool = True, **overrides):
 @pytest.fixture
 def settings(fake):
     """Settings whose two services exist, as the seed's `gcloud run deploy` left them."""
-    settings = make_settings(fake)
+    return seeded(fake, make_settings(fake))
+
+
+def seeded(fake: FakeCloudRun, settings: CloudRunSettings, **template) -> CloudRunSettings:
+    """Create the settings' two services, as the seed's `gcloud run deploy` does
+    (`template`: more fields of their revision template)."""
     client = run_v2.ServicesClient(
         credentials=settings.gcp_credentials.get_credentials_from_service_account(),
         transport="rest",
@@ -80,7 +88,8 @@ def settings(fake):
     )
     parent = f"projects/{PROJECT}/locations/{REGION}"
     for name in (settings.api_service, settings.worker_service):
-        service = run_v2.Service(template=run_v2.RevisionTemplate(containers=[listener]))
+        revision = run_v2.RevisionTemplate(containers=[listener], **template)
+        service = run_v2.Service(template=revision)
         client.create_service(parent=parent, service=service, service_id=name).result(60)
     return settings
 
@@ -363,3 +372,80 @@ def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_
     env.cloud_run.allow_plain_secret_values = True
     accepted = connect_target(env).env.get("JWT_SECRET_KEY") == value
     assert accepted  # compared here: a failing assertion must not print the secret
+
+
+LISTENER = ("sh", "-c", 'exec python3 -m http.server "$PORT"')  # answers 200 on /
+
+
+def test_a_long_service_name_gets_a_shorter_candidate_tag_cloud_run_accepts(fake, pg, database):
+    """Cloud Run refuses a tag whose length plus the service name's exceeds 46: with a
+    40-character API service, the candidate tag keeps what fits of the version."""
+    suffix = uuid.uuid4().hex[:6]
+    long_name = f"api-{suffix}-" + "x" * (40 - len(suffix) - 5)
+    settings = seeded(fake, make_settings(fake, api_service=long_name))
+    target = connect(settings, "staging", {}, processes=Processes(api_command=LISTENER))
+
+    target.deploy_api(PLACEHOLDER, "release-2026-12-04-build-1234567")
+
+    [tagged] = [s for s in fake.service(long_name)["trafficStatuses"] if s.get("tag")]
+    assert len(tagged["tag"]) + len(long_name) <= 46
+    assert tagged["tag"].startswith("v-re")
+    assert httpx.get(target.candidate_url(), timeout=5).status_code == 200
+
+
+def test_an_api_service_name_no_tag_fits_beside_is_refused_before_any_change(fake, settings):
+    too_long = "api-" + "x" * 40  # 44 characters: not even a 3-character tag fits
+    with pytest.raises(ValidationError, match="at most 43 characters"):
+        make_settings(fake, api_service=too_long)
+    unchecked = CloudRunSettings.model_construct(**{**dict(settings), "api_service": too_long})
+    target = connect(unchecked, "staging", {})
+    changes = fake.mutations()
+
+    with pytest.raises(ConfigurationError, match="exceeds 46.*at most 43 characters"):
+        target.check()
+    with pytest.raises(ConfigurationError, match="exceeds 46"):
+        target.deploy_api(PLACEHOLDER, "v1")
+    assert fake.mutations() == changes
+
+
+def test_the_fake_refuses_tags_and_revision_names_as_cloud_run_does(fake, settings):
+    """What real Cloud Run refuses, the fake refuses (the adapter must never send it)."""
+    client = run_v2.ServicesClient(
+        credentials=settings.gcp_credentials.get_credentials_from_service_account(),
+        transport="rest",
+        client_options={"api_endpoint": fake.url},
+    )
+    name = f"projects/{PROJECT}/locations/{REGION}/services/{settings.api_service}"
+    service = client.get_service(name=name)
+    serving = service.traffic_statuses[0].revision
+    for tag in ("v1", "V-1", "v-" + "x" * 40):
+        service.traffic = [
+            run_v2.TrafficTarget(type_=2, revision=serving, percent=100, tag=tag),
+        ]
+        with pytest.raises(BadRequest, match="traffic tag"):
+            client.update_service(service=service)
+    service.traffic = []
+    for revision in (
+        "other-1",
+        f"{settings.api_service}-Bad",
+        f"{settings.api_service}-" + "x" * 60,
+    ):
+        service.template.revision = revision
+        with pytest.raises(BadRequest, match="[Rr]evision"):
+            client.update_service(service=service)
+
+
+def test_a_revision_that_cannot_start_fails_the_deploy_once_without_a_retry(fake, settings):
+    """Cloud Run answers 13 for a revision whose container never listens: a failed step
+    (its message says why), not a transient fault: the task deploys it once."""
+    target = connect(settings, "staging", {})  # the placeholder's CMD exits at once
+    before = target.read_state()
+
+    with pytest.raises(StepFailed, match="exited with code 0 before listening"):
+        deploy_api_task(target, PLACEHOLDER, "cr-nostart")
+
+    patches = [p for m, p in fake.mutations() if m == "PATCH"]
+    assert len(patches) == 1  # deployed once, not again by the task's retries
+    assert target.read_state().api == before.api
+    revisions = target.revisions.list_revisions(parent=target.api_name).revisions
+    assert len(revisions) == 2  # the seed's and the broken one

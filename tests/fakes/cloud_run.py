@@ -53,6 +53,10 @@ STATUS = {
     500: "INTERNAL",
     503: "UNAVAILABLE",
 }
+# Names as Cloud Run checks them: RFC 1035 labels; a tag's URL is TAG---SERVICE-..., so the
+# two together may have 46 characters.
+RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+TAG_MIN, TAG_AND_SERVICE_MAX = 3, 46
 _PARENT = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 
 
@@ -88,6 +92,9 @@ class Revision:
     created: str = field(default_factory=now)
     state: int = PENDING
     message: str = ""
+    # Code of the rollout's operation error when the revision fails: 13 (INTERNAL) when its
+    # container does not start or listen, as Cloud Run answers; 9 when it cannot run at all.
+    error_code: int = 13
     instances: list[Instance] = field(default_factory=list)
 
 
@@ -386,6 +393,12 @@ class FakeCloudRun:
         name = template.get("revision") or f"{short}-{generation:05d}-{secrets.token_hex(2)}"
         if not name.startswith(short + "-"):
             raise ApiError(400, f"Revision name must start with '{short}-', got '{name}'.")
+        if len(name) > 63 or not RFC1035.fullmatch(name):
+            raise ApiError(
+                400,
+                f"template.revision: '{name}' must be 1-63 lowercase letters, digits or "
+                "hyphens, start with a letter and not end with a hyphen.",
+            )
         if f"{svc['name']}/revisions/{name}" in self.revisions:
             raise ApiError(409, f"Revision named '{name}' with different configuration exists.")
         return Revision(name, svc["name"], template, generation)
@@ -396,6 +409,22 @@ class FakeCloudRun:
         tags = [t["tag"] for t in traffic if t.get("tag")]
         if len(tags) != len(set(tags)):
             raise ApiError(400, f"Traffic tags must be unique, got {tags}.")
+        short = svc["name"].rsplit("/", 1)[-1]
+        for tag in tags:
+            if len(tag) < TAG_MIN or not RFC1035.fullmatch(tag):
+                raise ApiError(
+                    400,
+                    f"spec.traffic.tag: traffic tag '{tag}' must be at least {TAG_MIN} "
+                    "lowercase letters, digits or hyphens, start with a letter and not end "
+                    "with a hyphen.",
+                )
+            if len(tag) + len(short) > TAG_AND_SERVICE_MAX:
+                raise ApiError(
+                    400,
+                    f"spec.traffic.tag: traffic tag '{tag}' and service name '{short}' together "
+                    "are too long. Combined traffic tag and service name cannot exceed "
+                    f"{TAG_AND_SERVICE_MAX} characters.",
+                )
         for target in traffic:
             if int(target.get("type", 0)) == REVISION:
                 name = target.get("revision", "")
@@ -426,7 +455,7 @@ class FakeCloudRun:
                 else:
                     svc["traffic"] = previous_traffic  # a failed rollout moves no traffic
                     self._stop_unroutable(svc)
-                    return self._fail(operation, 9, new_revision.message)
+                    return self._fail(operation, new_revision.error_code, new_revision.message)
         with self.lock:
             waiting = [r for r in self._routable(svc) if not r.instances]
         for rev in waiting:  # a revision taking traffic again starts again
@@ -468,6 +497,7 @@ class FakeCloudRun:
             ready, message = self._probe(rev, container.get("startupProbe") or {})
         except docker.errors.DockerException as exc:
             ready, message = False, f"Revision '{rev.name}' failed to start: {exc}"
+            rev.error_code = 9
         with self.lock:
             rev.state, rev.message = (SUCCEEDED, "") if ready else (FAILED, message)
         if not ready:
