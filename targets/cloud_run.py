@@ -238,11 +238,7 @@ class CloudRunTarget:
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
     ) -> OneOffResult:
-        container = run_v2.Container(image=image, args=command, env=_env({**self.env, **env}))
-        task = run_v2.TaskTemplate(
-            containers=[container], max_retries=0, timeout=timedelta(seconds=int(timeout))
-        )
-        self._attach_cloudsql(task.volumes, container)
+        task = self._job_task(image, command, {**self.env, **env}, timeout)
         job = run_v2.Job(template=run_v2.ExecutionTemplate(task_count=1, template=task))
         what = f"run {' '.join(command)} in {image} as job {short_name(self.job_name)}"
         if self._get_job() is None:
@@ -275,6 +271,34 @@ class CloudRunTarget:
         exit_code = re.search(r"exit code of (\d+)", message)
         output = f"{message}\nexecution {short_name(execution.name)} logs: {execution.log_uri}"
         return OneOffResult(int(exit_code.group(1)) if exit_code else 1, output)
+
+    def _job_task(
+        self, image: str, command: list[str], env: dict[str, str], timeout: float
+    ) -> run_v2.TaskTemplate:
+        """The job's task as the API service runs: its service account, VPC access,
+        encryption key, resource limits and secrets (Secret Manager variables and volumes),
+        so the job reaches what the API reaches (Cloud SQL, private ranges) as the API's
+        identity, not as the project's default compute account."""
+        api = self._get_service(self.api_name).template
+        source = api.containers[0] if api.containers else run_v2.Container()
+        references = [var for var in source.env if "value_source" in var and var.name not in env]
+        container = run_v2.Container(image=image, args=command, env=_env(env) + references)
+        if source.resources.limits:
+            container.resources = run_v2.ResourceRequirements(limits=dict(source.resources.limits))
+        secret_volumes = {volume.name: volume for volume in api.volumes if "secret" in volume}
+        container.volume_mounts = [m for m in source.volume_mounts if m.name in secret_volumes]
+        task = run_v2.TaskTemplate(
+            containers=[container],
+            volumes=list(secret_volumes.values()),
+            max_retries=0,
+            timeout=timedelta(seconds=int(timeout)),
+            service_account=api.service_account,
+            encryption_key=api.encryption_key,
+        )
+        if "vpc_access" in api:
+            task.vpc_access = api.vpc_access
+        self._attach_cloudsql(task.volumes, container)
+        return task
 
     def restore_api(self, state: ServiceState) -> None:
         if state.revision is None:

@@ -73,9 +73,11 @@ def settings(fake):
     return seeded(fake, make_settings(fake))
 
 
-def seeded(fake: FakeCloudRun, settings: CloudRunSettings, **template) -> CloudRunSettings:
+def seeded(
+    fake: FakeCloudRun, settings: CloudRunSettings, container: dict | None = None, **template
+) -> CloudRunSettings:
     """Create the settings' two services, as the seed's `gcloud run deploy` does
-    (`template`: more fields of their revision template)."""
+    (`container`, `template`: more fields of their container and revision template)."""
     client = run_v2.ServicesClient(
         credentials=settings.gcp_credentials.get_credentials_from_service_account(),
         transport="rest",
@@ -85,6 +87,7 @@ def seeded(fake: FakeCloudRun, settings: CloudRunSettings, **template) -> CloudR
         image=PLACEHOLDER,
         command=["sh", "-c", 'exec python3 -m http.server "$PORT"'],
         resources=run_v2.ResourceRequirements(cpu_idle=True),
+        **(container or {}),
     )
     parent = f"projects/{PROJECT}/locations/{REGION}"
     for name in (settings.api_service, settings.worker_service):
@@ -449,3 +452,50 @@ def test_a_revision_that_cannot_start_fails_the_deploy_once_without_a_retry(fake
     assert target.read_state().api == before.api
     revisions = target.revisions.list_revisions(parent=target.api_name).revisions
     assert len(revisions) == 2  # the seed's and the broken one
+
+
+def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
+    """Service account, VPC access, resource limits and Secret Manager references of the
+    API service reach the job: on a real project it then runs as the API's identity and
+    reaches Cloud SQL through the same connector, not as the default compute account."""
+    account = f"api-runtime@{PROJECT}.iam.gserviceaccount.com"
+    connector = f"projects/{PROJECT}/locations/{REGION}/connectors/backend"
+    reference = run_v2.EnvVar(
+        name="JWT_SECRET_KEY",
+        value_source=run_v2.EnvVarSource(
+            secret_key_ref=run_v2.SecretKeySelector(secret="jwt-secret-key", version="3")
+        ),
+    )
+    limits = {"cpu": "2", "memory": "1Gi"}
+    container = dict(env=[reference])
+    settings = make_settings(fake)
+    seeded(
+        fake,
+        settings,
+        container,
+        service_account=account,
+        vpc_access=run_v2.VpcAccess(connector=connector, egress=1),
+    )
+    api = fake.service(settings.api_service)  # limits set by hand after the seed
+    client = run_v2.ServicesClient(
+        credentials=settings.gcp_credentials.get_credentials_from_service_account(),
+        transport="rest",
+        client_options={"api_endpoint": fake.url},
+    )
+    service = client.get_service(name=api["name"])
+    service.template.containers[0].resources.limits = limits
+    client.update_service(service=service).result(60)
+    target = connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
+
+    result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", "print('ok')"], {}, timeout=60)
+
+    assert result.exit_code == 0
+    task = fake.job(settings.migration_job)["template"]["template"]
+    assert task["serviceAccount"] == account
+    assert task["vpcAccess"] == {"connector": connector, "egress": 1}
+    [job_container] = task["containers"]
+    assert job_container["resources"]["limits"] == limits
+    secret_ref = {"secretKeyRef": {"secret": "jwt-secret-key", "version": "3"}}
+    assert {"name": "JWT_SECRET_KEY", "valueSource": secret_ref} in job_container["env"]
+    names = [e["name"] for e in job_container["env"]]
+    assert "DATABASE_URL" in names and "APP_ENVIRONMENT" in names

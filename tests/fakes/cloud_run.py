@@ -201,6 +201,14 @@ class FakeCloudRun:
         with self.lock:
             return self._service_json(self._find_service(name))
 
+    def job(self, name: str) -> dict:
+        """The stored job (short name), as the API would return it."""
+        with self.lock:
+            for full, job in self.jobs.items():
+                if full.rsplit("/", 1)[-1] == name:
+                    return json.loads(json.dumps(job))
+        raise KeyError(name)
+
     def routable_instances(self, service: str) -> dict[str, int]:
         """Revision short name -> running container count, for revisions that get requests."""
         with self.lock:
