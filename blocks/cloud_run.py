@@ -4,10 +4,13 @@ Referenced by a Release Environment whose target is "cloudrun". Register the blo
 `prefect block register -m blocks.cloud_run`.
 """
 
+import functools
 import re
 
 import google.auth.transport.requests
+import google.oauth2.id_token
 from google.auth import exceptions as auth_exceptions
+from google.oauth2 import service_account
 from prefect.blocks.core import Block
 from prefect_docker import DockerRegistryCredentials
 from prefect_gcp import GcpCredentials
@@ -140,7 +143,31 @@ def connect(
         processes=processes,
         api_endpoint=settings.api_endpoint,
         operation_timeout=settings.operation_timeout_seconds,
+        identity=functools.partial(identity_credentials, settings),
     )
+
+
+def identity_credentials(settings: CloudRunSettings, audience: str):
+    """Credentials whose token is an identity token for `audience` (a Cloud Run service
+    URL): signed by the block's service-account key, or the application default
+    credentials' (metadata server, GOOGLE_APPLICATION_CREDENTIALS)."""
+    gcp = settings.gcp_credentials
+    if gcp.service_account_info:
+        info = gcp.service_account_info.get_secret_value()
+        return service_account.IDTokenCredentials.from_service_account_info(
+            info, target_audience=audience
+        )
+    if gcp.service_account_file:
+        return service_account.IDTokenCredentials.from_service_account_file(
+            str(gcp.service_account_file), target_audience=audience
+        )
+    try:
+        return google.oauth2.id_token.fetch_id_token_credentials(audience)
+    except auth_exceptions.DefaultCredentialsError:
+        raise ConfigurationError(
+            "the Cloud Run API service requires authentication and no credentials can make "
+            "an identity token: add a service-account key to the GcpCredentials block"
+        ) from None
 
 
 def registry_credentials(

@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 
+import google.auth.transport.requests
 import requests.exceptions
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
@@ -110,6 +111,7 @@ class CloudRunTarget:
         processes: Processes | None = None,
         api_endpoint: str | None = None,
         operation_timeout: float = 600.0,
+        identity: Callable[[str], Credentials] | None = None,
     ):
         options = ClientOptions(api_endpoint=api_endpoint) if api_endpoint else None
         clients = dict(credentials=credentials, transport="rest", client_options=options)
@@ -125,6 +127,7 @@ class CloudRunTarget:
         self.cloudsql_instances = list(cloudsql_instances or [])
         self.processes = processes or Processes()
         self.operation_timeout = operation_timeout
+        self.identity = identity  # audience -> credentials whose token is an identity token
 
     # -- facts ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -160,6 +163,45 @@ class CloudRunTarget:
 
     def service_url(self) -> str:
         return self._get_service(self.api_name).uri
+
+    def request_headers(self, url: str) -> dict[str, str]:
+        """Headers a verification request to the API's URLs (`url`) needs: none when the
+        service is public (allUsers may invoke it, or its invoker IAM check is disabled);
+        else an identity token of the environment's service account whose audience is the
+        service URL, as Cloud Run requires from an authenticated caller."""
+        service = self._get_service(self.api_name)
+        if self._public(service):
+            return {}
+        if self.identity is None:
+            raise AuthenticationError(
+                f"Cloud Run service {short_name(self.api_name)} requires authentication and "
+                "these credentials cannot make identity tokens: use a service-account key in "
+                "the GcpCredentials block, or allow unauthenticated invocations"
+            )
+        credentials = self.identity(service.uri)
+        self._call(
+            f"get an identity token for {short_name(self.api_name)}",
+            credentials.refresh,
+            google.auth.transport.requests.Request(),
+        )
+        return {"Authorization": f"Bearer {credentials.token}"}
+
+    def _public(self, service: run_v2.Service) -> bool:
+        if service.invoker_iam_disabled:
+            return True
+        try:
+            policy = self._call(
+                f"read the IAM policy of {short_name(service.name)}",
+                self.services.get_iam_policy,
+                request={"resource": service.name},
+                retry=READ_RETRY,
+            )
+        except AuthenticationError:  # may not read it: authenticate to be sure
+            return False
+        return any(
+            binding.role == "roles/run.invoker" and "allUsers" in binding.members
+            for binding in policy.bindings
+        )
 
     def api_runs(self, image: str) -> str:
         service = self._get_service(self.api_name)

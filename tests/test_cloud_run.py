@@ -499,3 +499,28 @@ def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
     assert {"name": "JWT_SECRET_KEY", "valueSource": secret_ref} in job_container["env"]
     names = [e["name"] for e in job_container["env"]]
     assert "DATABASE_URL" in names and "APP_ENVIRONMENT" in names
+
+
+def test_a_service_that_requires_authentication_is_verified_with_an_identity_token(
+    fake, settings, make_env, database, build_backend
+):
+    """Without `--allow-unauthenticated` a Cloud Run service answers 403 to anonymous
+    requests: verification sends an identity token of the environment's service account
+    (audience: the service URL), so the release goes through."""
+    fake.require_authentication(settings.api_service)
+    env = make_env(database, target="cloudrun", cloud_run=settings, registry_credentials=None)
+    env.save(env.environment, overwrite=True)
+    v1 = build_backend("cr-v1")
+
+    outcome = release_flow(env.environment, image=v1)
+
+    assert outcome["outcome"] == "released"
+    probes = list(fake.invoker_tokens)
+    assert probes and all(probes)  # every verification request bore a valid identity token
+    target = connect_target(env)
+    url = f"{target.service_url()}/health"
+    assert httpx.get(url, timeout=5).status_code == 403  # anonymous: refused
+    token = target.request_headers(target.service_url())["Authorization"]
+    assert httpx.get(url, headers={"Authorization": token}, timeout=5).json()["version"] == "cr-v1"
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert httpx.get(url, headers={"Authorization": forged}, timeout=5).status_code == 401

@@ -35,8 +35,8 @@ import docker
 import docker.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import crypt, jwt
 from google.auth import exceptions as auth_exceptions
-from google.auth import jwt
 
 LABEL = "io.rhesis.fake-cloudrun"
 TYPE = "type.googleapis.com/google.cloud.run.v2."
@@ -131,6 +131,20 @@ class FakeCloudRun:
         self.operations: dict[str, dict] = {}
         self.accounts: dict[str, tuple[bytes, bool]] = {}  # key id -> (public PEM, authorized)
         self.issued_tokens: dict[str, bool] = {access_token: True}
+        # Identity tokens (what a caller of a private service sends) are JWTs the fake signs.
+        id_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.id_signer = crypt.RSASigner.from_string(
+            id_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )
+        self.id_public = id_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.private_services: set[str] = set()  # full names: no allUsers invoker binding
+        self.invoker_tokens: list[bool] = []  # per proxied request: bore a valid identity token
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every API call
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -180,6 +194,12 @@ class FakeCloudRun:
             "client_id": str(random.randrange(10**20, 10**21)),
             "token_uri": self.token_uri,
         }
+
+    def require_authentication(self, service: str) -> None:
+        """The service is no longer public (as without `--allow-unauthenticated`): its URLs
+        answer 403 without an identity token and 401 with an invalid one."""
+        with self.lock:
+            self.private_services.add(self._find_service(service)["name"])
 
     def fail_next(
         self,
@@ -277,6 +297,7 @@ class FakeCloudRun:
             ("GET", r"/services/(?P<s>[^/:]+)", self._get_service),
             ("POST", r"/services", self._create_service),
             ("PATCH", r"/services/(?P<s>[^/:]+)", self._patch_service),
+            ("GET", r"/services/(?P<s>[^/:]+):getIamPolicy", self._get_iam_policy),
             ("GET", r"/services/(?P<s>[^/:]+)/revisions", self._list_revisions),
             ("GET", r"/services/(?P<s>[^/:]+)/revisions/(?P<r>[^/:]+)", self._get_revision),
             ("GET", r"/jobs/(?P<j>[^/:]+)", self._get_job),
@@ -335,6 +356,20 @@ class FakeCloudRun:
         authorized = self._verified_account(assertion) if assertion else None
         if authorized is None:
             raise ApiError(400, "invalid_grant: Invalid JWT Signature.")
+        claims = jwt.decode(assertion, verify=False)
+        if claims.get("target_audience"):  # an identity token for that audience
+            issued = int(time.time())
+            identity = {
+                "iss": "https://accounts.google.com",
+                "aud": claims["target_audience"],
+                "azp": claims["iss"],
+                "email": claims["iss"],
+                "sub": claims["iss"],
+                "authorized": authorized,
+                "iat": issued,
+                "exp": issued + 3600,
+            }
+            return {"id_token": jwt.encode(self.id_signer, identity).decode()}
         token = self.access_token if authorized else "ya29.fake-" + secrets.token_hex(16)
         self.issued_tokens[token] = authorized
         return {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
@@ -348,6 +383,13 @@ class FakeCloudRun:
 
     def _get_service(self, parent, data, query, s) -> dict:
         return self._service_json(self._find_service(f"{parent}/services/{s}"))
+
+    def _get_iam_policy(self, parent, data, query, s) -> dict:
+        svc = self._find_service(f"{parent}/services/{s}")
+        if svc["name"] in self.private_services:
+            return {"version": 1, "etag": "BwYp"}
+        invokers = {"role": "roles/run.invoker", "members": ["allUsers"]}
+        return {"version": 1, "etag": "BwYq", "bindings": [invokers]}
 
     def _create_service(self, parent, data, query) -> dict:
         service_id = query.get("serviceId", "")
@@ -741,6 +783,24 @@ class FakeCloudRun:
         return operation
 
     # -- routing -------------------------------------------------------------------------
+    def _invoker_refusal(self, header: str, svc: dict) -> tuple[int, str] | None:
+        """Why a request to a private service is refused (None: it may pass), as Cloud Run
+        answers: 403 without a token or for a caller without run.invoker, 401 for a token
+        that is not a valid identity token for the service's URL."""
+        if not header.startswith("Bearer "):
+            return 403, "Error: Forbidden. Your client does not have permission to get URL."
+        audience = f"{self.url}/_svc/{svc['name'].rsplit('/', 1)[-1]}"
+        try:
+            claims = jwt.decode(header[7:].strip(), certs=self.id_public, audience=audience)
+        except (ValueError, auth_exceptions.GoogleAuthError):
+            return (
+                401,
+                "Error: Unauthorized. Your client does not have permission to the requested URL.",
+            )
+        if not claims.get("authorized"):
+            return 403, "Error: Forbidden. Your client does not have permission to get URL."
+        return None
+
     def _proxy(self, req, parts, body: bytes) -> None:
         segments = parts.path.split("/", 4 if parts.path.startswith("/_tag/") else 3)
         with self.lock:
@@ -748,6 +808,11 @@ class FakeCloudRun:
                 svc = self._find_service(segments[2])
             except ApiError:
                 return self._reply(req, 404, b"no such service", "text/plain")
+            if svc["name"] in self.private_services:
+                refused = self._invoker_refusal(req.headers.get("Authorization", ""), svc)
+                self.invoker_tokens.append(refused is None)
+                if refused:
+                    return self._reply(req, refused[0], refused[1].encode(), "text/plain")
             if segments[1] == "_tag":
                 tag = segments[3]
                 targets = [t for t in svc["traffic"] if t.get("tag") == tag]
