@@ -15,7 +15,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect_gcp import GcpCredentials
 from pydantic import ValidationError
 
-from blocks.application import ApplicationSpec, Database
+from blocks.application import ApplicationSpec, Build, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
@@ -28,6 +28,7 @@ from targets.registry import login, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, rehearse
 from tasks.deploy import deploy_api as deploy_api_task
 from tests import services
+from tests.backend import backend_context
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import refused, schema
 
@@ -524,3 +525,41 @@ def test_a_service_that_requires_authentication_is_verified_with_an_identity_tok
     assert httpx.get(url, headers={"Authorization": token}, timeout=5).json()["version"] == "cr-v1"
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     assert httpx.get(url, headers={"Authorization": forged}, timeout=5).status_code == 401
+
+
+@pytest.mark.appspec
+def test_each_role_runs_its_own_stage_image_on_cloud_run(
+    fake, settings, make_env, database, engine, tmp_path
+):
+    """A spec that builds api, worker and migrate from different stages: the API service,
+    the worker service and the migration job each run their own stage's image."""
+    context = backend_context(tmp_path)
+    dockerfile = context / "Dockerfile"
+    text = dockerfile.read_text().replace(
+        "FROM python:3.11-slim\n", "FROM python:3.11-slim AS app\n"
+    )
+    for stage in ("worker", "migrate", "api"):
+        text += f"\nFROM app AS {stage}\nLABEL io.example.stage={stage}\n"
+    dockerfile.write_text(text)
+    roles = ApplicationSpec(build=Build(stages={r: r for r in ("api", "worker", "migrate")}))
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        application=roles,
+    )
+    env.save(env.environment, overwrite=True)
+
+    outcome = release_flow(env.environment, source=str(context), version="cr-roles")
+
+    assert outcome["outcome"] == "released"
+    images = outcome["images"]
+    stages = {
+        role: engine.images.get(image).labels["io.example.stage"] for role, image in images.items()
+    }
+    assert stages == {"api": "api", "worker": "worker", "migrate": "migrate"}
+    state = connect_target(env).read_state()
+    assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
+    [job_container] = fake.job(settings.migration_job)["template"]["template"]["containers"]
+    assert job_container["image"] == images["migrate"]
