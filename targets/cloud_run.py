@@ -112,6 +112,7 @@ class CloudRunTarget:
         api_endpoint: str | None = None,
         operation_timeout: float = 600.0,
         identity: Callable[[str], Credentials] | None = None,
+        secrets: dict[str, tuple[str, str]] | None = None,
     ):
         options = ClientOptions(api_endpoint=api_endpoint) if api_endpoint else None
         clients = dict(credentials=credentials, transport="rest", client_options=options)
@@ -128,6 +129,8 @@ class CloudRunTarget:
         self.processes = processes or Processes()
         self.operation_timeout = operation_timeout
         self.identity = identity  # audience -> credentials whose token is an identity token
+        # Secret variables as Secret Manager references: name -> (secret, pinned version).
+        self.secrets = dict(secrets or {})
 
     # -- facts ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -323,8 +326,10 @@ class CloudRunTarget:
         identity, not as the project's default compute account."""
         api = self._get_service(self.api_name).template
         source = api.containers[0] if api.containers else run_v2.Container()
-        references = [var for var in source.env if "value_source" in var and var.name not in env]
-        container = run_v2.Container(image=image, args=command, env=_env(env) + references)
+        ours = _env(env) + _secret_refs(self.secrets)
+        named = {var.name for var in ours}
+        references = [var for var in source.env if "value_source" in var and var.name not in named]
+        container = run_v2.Container(image=image, args=command, env=ours + references)
         if source.resources.limits:
             container.resources = run_v2.ResourceRequirements(limits=dict(source.resources.limits))
         secret_volumes = {volume.name: volume for volume in api.volumes if "secret" in volume}
@@ -373,9 +378,10 @@ class CloudRunTarget:
             template.containers.append(run_v2.Container())
         container = template.containers[0]
         container.image = image
-        configured = {var.name for var in _env(self.env)}
+        ours = _env(self.env) + _secret_refs(self.secrets)
+        configured = {var.name for var in ours}
         kept = [var for var in container.env if var.name not in configured]
-        container.env = kept + _env(self.env)
+        container.env = kept + ours
         self._attach_cloudsql(template.volumes, container)
 
     def _attach_cloudsql(self, volumes, container: run_v2.Container) -> None:
@@ -515,6 +521,20 @@ class CloudRunTarget:
             raise TransientError(f"{what}: the Cloud Run API did not answer ({exc})") from None
         except api_exceptions.GoogleAPICallError as exc:
             raise StepFailed(f"{what}: {exc.message}") from None
+
+
+def _secret_refs(secrets: dict[str, tuple[str, str]]) -> list[run_v2.EnvVar]:
+    """Secret variables as Secret Manager references: the value never leaves Secret Manager
+    and the pinned version makes a revision (and its rollback) run the same secret."""
+    return [
+        run_v2.EnvVar(
+            name=name,
+            value_source=run_v2.EnvVarSource(
+                secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version)
+            ),
+        )
+        for name, (secret, version) in sorted(secrets.items())
+    ]
 
 
 def _env(values: dict[str, str]) -> list[run_v2.EnvVar]:

@@ -1,6 +1,7 @@
 """Cloud Run target against the fake Cloud Run Admin API v2 (real containers, real google-auth,
 real run_v2 REST client, real registry and PostgreSQL)."""
 
+import json
 import time
 import uuid
 
@@ -12,7 +13,7 @@ from prefect import task
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
-from prefect_gcp import GcpCredentials
+from prefect_gcp import GcpCredentials, GcpSecret
 from pydantic import ValidationError
 
 from blocks.application import ApplicationSpec, Build, Database
@@ -348,11 +349,12 @@ def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
 
 
 @pytest.mark.appspec
-def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_allowed(
+def test_plain_secret_variables_are_refused_before_any_change_unless_plain_values_are_allowed(
     fake, make_env, database
 ):
-    """Cloud Run would store a secret variable as a plain value of the service: refused,
-    naming the variables and the fix, unless the settings accept plain values."""
+    """Cloud Run would store a secret variable of a plain Secret block as a plain value of
+    the service: refused, naming the variables and the fix, unless the settings accept
+    plain values."""
     value = f"jwt-{uuid.uuid4().hex}"
     name = f"cr-jwt-{uuid.uuid4().hex[:8]}"
     Secret(value=value).save(name, overwrite=True)
@@ -366,7 +368,7 @@ def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_
     env.save(env.environment, overwrite=True)
 
     with refused(
-        ConfigurationError, match="Cloud Run secret variables are not supported yet: JWT"
+        ConfigurationError, match="Cloud Run secret variables JWT_SECRET_KEY .* not GcpSecret"
     ) as info:
         release_flow(env.environment, version="never")
     assert "allow_plain_secret_values" in str(info.value)
@@ -563,3 +565,78 @@ def test_each_role_runs_its_own_stage_image_on_cloud_run(
     assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
     [job_container] = fake.job(settings.migration_job)["template"]["template"]["containers"]
     assert job_container["image"] == images["migrate"]
+
+
+def gcp_secret(fake: FakeCloudRun, settings: CloudRunSettings, *values: str) -> tuple[str, str]:
+    """A Secret Manager secret with `values` as its versions, and a GcpSecret block for it
+    (version 'latest'): (secret name, block reference)."""
+    secret = f"jwt-{uuid.uuid4().hex[:8]}"
+    for value in values:
+        fake.add_secret_version(PROJECT, secret, value)
+    block = GcpSecret(gcp_credentials=settings.gcp_credentials, secret_name=secret)
+    block.save(f"cr-{secret}", overwrite=True)
+    return secret, f"gcpsecret/cr-{secret}"
+
+
+@pytest.mark.appspec
+def test_secret_variables_are_secret_manager_references_pinned_per_release(
+    fake, settings, make_env, database, build_backend, engine
+):
+    """A GcpSecret variable becomes a secretKeyRef pinned to the version that is latest
+    when the release starts, on the API service, the worker service and the migration job;
+    the running containers get the value from Secret Manager, no definition holds it."""
+    value = f"jwt-{uuid.uuid4().hex}"
+    secret, reference = gcp_secret(fake, settings, f"old-{uuid.uuid4().hex}", value)
+    settings.secret_manager_endpoint = fake.url
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        secrets={"JWT_SECRET_KEY": reference},
+    )
+    env.save(env.environment, overwrite=True)
+
+    outcome = release_flow(env.environment, image=build_backend("cr-v1"))
+
+    assert outcome["outcome"] == "released"
+    fake.add_secret_version(PROJECT, secret, "added-after-the-release")
+    pinned = {
+        "name": "JWT_SECRET_KEY",
+        "valueSource": {"secretKeyRef": {"secret": secret, "version": "2"}},
+    }
+    api = fake.service(settings.api_service)["template"]["containers"][0]
+    worker = fake.service(settings.worker_service)["template"]["containers"][0]
+    job = fake.job(settings.migration_job)["template"]["template"]["containers"][0]
+    for container in (api, worker, job):
+        assert [e for e in container["env"] if e["name"] == "JWT_SECRET_KEY"] == [pinned]
+        holds_value = any(value in json.dumps(e) for e in container["env"])
+        assert not holds_value
+    state = connect_target(env).read_state()
+    for revision in (state.api.revision, state.workers.revision):
+        label = f"io.rhesis.fake-cloudrun.revision={revision}"
+        [running, *_] = engine.containers.list(filters={"label": label})
+        variables = dict(e.split("=", 1) for e in running.attrs["Config"]["Env"])
+        resolved = variables["JWT_SECRET_KEY"] == value  # compared, never printed
+        assert resolved
+
+
+@pytest.mark.appspec
+def test_a_missing_secret_version_is_refused_before_any_change(fake, settings, make_env, database):
+    _, reference = gcp_secret(fake, settings)  # a block, but no such secret in Secret Manager
+    settings.secret_manager_endpoint = fake.url
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        secrets={"JWT_SECRET_KEY": reference},
+    )
+    env.save(env.environment, overwrite=True)
+    changes = fake.mutations()
+
+    with refused(ConfigurationError, match="JWT_SECRET_KEY: Secret Manager has no .*versions add"):
+        release_flow(env.environment, version="never")
+
+    assert fake.mutations() == changes
+    assert in_flight(env.environment) is None

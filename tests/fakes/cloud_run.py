@@ -70,6 +70,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class SecretUnavailable(Exception):
+    """A secretKeyRef that does not resolve: the container cannot start."""
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -143,6 +147,7 @@ class FakeCloudRun:
         self.id_public = id_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+        self.secret_store: dict[str, list[str]] = {}  # projects/P/secrets/S -> values by version
         self.private_services: set[str] = set()  # full names: no allUsers invoker binding
         self.invoker_tokens: list[bool] = []  # per proxied request: bore a valid identity token
         self.faults: list[Fault] = []
@@ -194,6 +199,13 @@ class FakeCloudRun:
             "client_id": str(random.randrange(10**20, 10**21)),
             "token_uri": self.token_uri,
         }
+
+    def add_secret_version(self, project: str, secret: str, value: str) -> str:
+        """Add a version to a Secret Manager secret (created on first use); its number."""
+        with self.lock:
+            versions = self.secret_store.setdefault(f"projects/{project}/secrets/{secret}", [])
+            versions.append(value)
+            return str(len(versions))
 
     def require_authentication(self, service: str) -> None:
         """The service is no longer public (as without `--allow-unauthenticated`): its URLs
@@ -293,6 +305,12 @@ class FakeCloudRun:
         self._authorize(req.headers.get("Authorization", ""), method, path)
         data = json.loads(body) if body else {}
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        version = re.fullmatch(
+            r"/v1/projects/(?P<p>[^/]+)/secrets/(?P<s>[^/]+)/versions/(?P<v>[^/:]+)", path
+        )
+        if method == "GET" and version:  # Secret Manager: a version's metadata, no payload
+            with self.lock:
+                return self._secret_version(version["p"], version["s"], version["v"])
         routes = [
             ("GET", r"/services/(?P<s>[^/:]+)", self._get_service),
             ("POST", r"/services", self._create_service),
@@ -373,6 +391,38 @@ class FakeCloudRun:
         token = self.access_token if authorized else "ya29.fake-" + secrets.token_hex(16)
         self.issued_tokens[token] = authorized
         return {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+
+    # -- Secret Manager ------------------------------------------------------------------
+    def _secret_version(self, project: str, secret: str, version: str) -> dict:
+        versions = self.secret_store.get(f"projects/{project}/secrets/{secret}")
+        if not versions:
+            raise ApiError(404, f"Secret [projects/{project}/secrets/{secret}] not found.")
+        number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
+        if not 1 <= number <= len(versions):
+            raise ApiError(
+                404,
+                f"Secret Version [projects/{project}/secrets/{secret}/versions/{version}] "
+                "not found.",
+            )
+        return {
+            "name": f"projects/{project}/secrets/{secret}/versions/{number}",
+            "createTime": now(),
+            "state": "ENABLED",
+        }
+
+    def _resolve_secret(self, parent: str, ref: dict) -> str:
+        """The value a secretKeyRef gives a container (`parent`: its service or job)."""
+        secret, version = ref.get("secret", ""), ref.get("version") or "latest"
+        if not secret.startswith("projects/"):
+            secret = f"projects/{parent.split('/')[1]}/secrets/{secret}"
+        versions = self.secret_store.get(secret.split("/versions/")[0], [])
+        number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
+        if not 1 <= number <= len(versions):
+            raise SecretUnavailable(
+                f"spec.template.spec.containers[0].env.valueFrom.secretKeyRef: secret {secret} "
+                f"version {version} was not found, or the service account may not access it."
+            )
+        return versions[number - 1]
 
     # -- services ------------------------------------------------------------------------
     def _find_service(self, name: str) -> dict:
@@ -541,12 +591,16 @@ class FakeCloudRun:
                         "K_REVISION": rev.name,
                     },
                     {f"{LABEL}.revision": rev.name},
+                    rev.service,
                     name=f"fakerun-{rev.name}-{index}-{self.instance_id}",
                 )
                 rev.instances.append(Instance(handle, port))
             ready, message = self._probe(rev, container.get("startupProbe") or {})
         except docker.errors.DockerException as exc:
             ready, message = False, f"Revision '{rev.name}' failed to start: {exc}"
+            rev.error_code = 9
+        except SecretUnavailable as exc:
+            ready, message = False, f"Revision '{rev.name}' is not ready: {exc}"
             rev.error_code = 9
         with self.lock:
             rev.state, rev.message = (SUCCEEDED, "") if ready else (FAILED, message)
@@ -695,9 +749,15 @@ class FakeCloudRun:
         threading.Thread(target=self._execute, args=(execution, operation), daemon=True).start()
         return operation
 
-    def _run_container(self, container: dict, extra_env: dict, labels: dict, name=None):
-        """Run a Cloud Run container spec as a real container on the local engine."""
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    def _run_container(
+        self, container: dict, extra_env: dict, labels: dict, parent: str, name=None
+    ):
+        """Run a Cloud Run container spec as a real container on the local engine, its
+        Secret Manager references resolved (`parent`: the service or job)."""
+        env = {}
+        for var in container.get("env", []):
+            ref = var.get("valueSource", {}).get("secretKeyRef")
+            env[var["name"]] = self._resolve_secret(parent, ref) if ref else var.get("value", "")
         return self.engine.containers.run(
             container["image"],
             command=container.get("args") or None,
@@ -716,7 +776,9 @@ class FakeCloudRun:
         execution["startTime"] = now()
         try:
             self._ensure_image(container["image"])
-            handle = self._run_container(container, {}, {f"{LABEL}.execution": execution["name"]})
+            labels = {f"{LABEL}.execution": execution["name"]}
+            job = execution["name"].split("/executions/")[0]
+            handle = self._run_container(container, {}, labels, job)
             try:
                 code = handle.wait(timeout=timeout)["StatusCode"]
                 message = f"The container exited with an exit code of {code}."
@@ -725,7 +787,7 @@ class FakeCloudRun:
                 code, message = 124, f"Task exceeded its timeout of {timeout:.0f}s."
             self.execution_logs[execution["name"]] = handle.logs().decode(errors="replace")
             handle.remove(force=True)
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, SecretUnavailable) as exc:
             code, message = 1, f"The task could not start: {exc}"
         with self.lock:
             task_name = execution["name"].rsplit("/", 1)[-1] + "-task0"
