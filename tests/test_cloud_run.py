@@ -620,6 +620,22 @@ def test_secret_variables_are_secret_manager_references_pinned_per_release(
         resolved = variables["JWT_SECRET_KEY"] == value  # compared, never printed
         assert resolved
 
+    # A broken release runs version 3; its rollback restores the revisions, so version 2.
+    broken = build_backend("cr-broken", fail_health="1")
+    with pytest.raises(ReleaseFailed, match="verify-api.*Rolled back and verified"):
+        release_flow(env.environment, image=broken)
+    candidate = fake.service(settings.api_service)["template"]["containers"][0]
+    assert {
+        "name": "JWT_SECRET_KEY",
+        "valueSource": {"secretKeyRef": {"secret": secret, "version": "3"}},
+    } in candidate["env"]
+    assert connect_target(env).read_state() == state
+    for revision in (state.api.revision, state.workers.revision):
+        served = fake.revision(revision)
+        assert [e for e in served["containers"][0]["env"] if e["name"] == "JWT_SECRET_KEY"] == [
+            pinned
+        ]
+
 
 @pytest.mark.appspec
 def test_a_missing_secret_version_is_refused_before_any_change(fake, settings, make_env, database):

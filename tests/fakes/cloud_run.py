@@ -233,6 +233,14 @@ class FakeCloudRun:
         with self.lock:
             return self._service_json(self._find_service(name))
 
+    def revision(self, name: str) -> dict:
+        """A revision (short name), as the API would return it."""
+        with self.lock:
+            for rev in self.revisions.values():
+                if rev.name == name:
+                    return self._revision_json(rev)
+        raise KeyError(name)
+
     def job(self, name: str) -> dict:
         """The stored job (short name), as the API would return it."""
         with self.lock:
