@@ -469,6 +469,8 @@ def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
             secret_key_ref=run_v2.SecretKeySelector(secret="jwt-secret-key", version="3")
         ),
     )
+    for version in ("1", "2", "3"):
+        fake.add_secret_version(PROJECT, "jwt-secret-key", f"jwt-{version}-{uuid.uuid4().hex}")
     limits = {"cpu": "2", "memory": "1Gi"}
     container = dict(env=[reference])
     settings = make_settings(fake)
@@ -490,9 +492,10 @@ def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
     client.update_service(service=service).result(60)
     target = connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
 
-    result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", "print('ok')"], {}, timeout=60)
+    reads_secret = "import os, sys; sys.exit(os.environ['JWT_SECRET_KEY'][:6] != 'jwt-3-')"
+    result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", reads_secret], {}, timeout=60)
 
-    assert result.exit_code == 0
+    assert result.exit_code == 0  # the job's container got version 3 of the secret
     task = fake.job(settings.migration_job)["template"]["template"]
     assert task["serviceAccount"] == account
     assert task["vpcAccess"] == {"connector": connector, "egress": 1}
