@@ -7,6 +7,13 @@ back to the recorded revision (no rebuild, no new revision). State is read back 
 services themselves: the serving revision (the one with 100% of the traffic), its pinned
 image, the version annotation and the worker revision's minimum instance count.
 
+As the real service behaves: the candidate tag fits Cloud Run's limit (tag plus service name
+at most 46 characters); a rollout whose new revision cannot become ready is a failed step
+(its conditions say why), not a transient fault; the migration job runs with the API
+service's service account, VPC access, resource limits and secrets; a service that is not
+public is verified with an identity token. Secret variables are Secret Manager references
+(`secretKeyRef`) pinned to a version per release, on both services and the job.
+
 Retries: idempotent reads and operation polls retry 429/5xx a few times with jittered
 backoff inside the adapter; mutations are never retried here: a 429/5xx on one raises
 TransientError and the Prefect task decides. Permission errors are never retried.

@@ -15,6 +15,14 @@ Auth, as Google does it: a request carries either a self-signed JWT of a service
 `GcpCredentials.get_access_token()` gets, and what the registry accepts as the Artifact
 Registry password). Keys come from `service_account_key()`; an account created with
 `authorized=False` authenticates but gets 403 PERMISSION_DENIED, as a missing IAM role does.
+
+Rules of the real service it enforces: traffic tags (3+ characters, RFC 1035, tag plus
+service name at most 46) and revision names (RFC 1035, at most 63, prefixed by the service
+name); a revision whose container does not start fails its rollout with code 13. A service
+made private with `require_authentication()` answers 403 without an identity token (which
+`/token` issues for a `target_audience` grant) and 401 with an invalid one; getIamPolicy
+shows whether allUsers may invoke it. A fake Secret Manager (`add_secret_version()`, the
+versions.get call) resolves `secretKeyRef` variables into the real containers' env.
 """
 
 import http.client
