@@ -4,17 +4,23 @@ Referenced by a Release Environment whose target is "cloudrun". Register the blo
 `prefect block register -m blocks.cloud_run`.
 """
 
+import functools
 import re
 
 import google.auth.transport.requests
+import google.oauth2.id_token
+from google.api_core import exceptions as api_exceptions
+from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exceptions
+from google.cloud import secretmanager
+from google.oauth2 import service_account
 from prefect.blocks.core import Block
 from prefect_docker import DockerRegistryCredentials
-from prefect_gcp import GcpCredentials
+from prefect_gcp import GcpCredentials, GcpSecret
 from pydantic import Field, field_validator
 
 from targets.base import Processes
-from targets.cloud_run import CloudRunTarget
+from targets.cloud_run import CloudRunTarget, max_api_service_length, tag_room_problem
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
 
 _REGION = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
@@ -61,11 +67,16 @@ class CloudRunSettings(Block):
     )
     allow_plain_secret_values: bool = Field(
         default=False,
-        description="Accept the environment's secret variables (`secrets`) as plain values "
-        "of the Cloud Run services and job: they are then stored in clear in their "
-        "definitions, readable by anyone with run.services.get. False: an environment with "
-        "secret variables is refused before any change (Secret Manager references are not "
-        "supported yet).",
+        description="Accept secret variables (`secrets`) from blocks other than GcpSecret "
+        "(e.g. a Prefect Secret) as plain values of the Cloud Run services and job: they are "
+        "then stored in clear in their definitions, readable by anyone with "
+        "run.services.get. False: such an environment is refused before any change. "
+        "GcpSecret variables are always Secret Manager references.",
+    )
+    secret_manager_endpoint: str | None = Field(
+        default=None,
+        description="Secret Manager API endpoint; None: Google's default "
+        "(secretmanager.googleapis.com).",
     )
     operation_timeout_seconds: float = Field(
         default=600, gt=0, description="Deadline for one Cloud Run operation (e.g. a rollout)."
@@ -101,6 +112,13 @@ class CloudRunSettings(Block):
             )
         return value
 
+    @field_validator("api_service")
+    @classmethod
+    def _tag_fits(cls, value: str) -> str:
+        if len(value) > max_api_service_length():
+            raise ValueError(tag_room_problem(value))
+        return value
+
     @field_validator("cloudsql_instances")
     @classmethod
     def _valid_instances(cls, value: list[str]) -> list[str]:
@@ -118,6 +136,7 @@ def connect(
     environment_name: str,
     container_env: dict[str, str],
     processes: Processes | None = None,
+    secrets: dict[str, tuple[str, str]] | None = None,
 ) -> CloudRunTarget:
     """The Cloud Run adapter for an environment (its `cloud_run` settings block)."""
     credentials = _credentials(settings)
@@ -133,7 +152,108 @@ def connect(
         processes=processes,
         api_endpoint=settings.api_endpoint,
         operation_timeout=settings.operation_timeout_seconds,
+        identity=functools.partial(identity_credentials, settings),
+        secrets=secrets,
     )
+
+
+def identity_credentials(settings: CloudRunSettings, audience: str):
+    """Credentials whose token is an identity token for `audience` (a Cloud Run service
+    URL): signed by the block's service-account key, or the application default
+    credentials' (metadata server, GOOGLE_APPLICATION_CREDENTIALS)."""
+    gcp = settings.gcp_credentials
+    if gcp.service_account_info:
+        info = gcp.service_account_info.get_secret_value()
+        return service_account.IDTokenCredentials.from_service_account_info(
+            info, target_audience=audience
+        )
+    if gcp.service_account_file:
+        return service_account.IDTokenCredentials.from_service_account_file(
+            str(gcp.service_account_file), target_audience=audience
+        )
+    try:
+        return google.oauth2.id_token.fetch_id_token_credentials(audience)
+    except auth_exceptions.DefaultCredentialsError:
+        raise ConfigurationError(
+            "the Cloud Run API service requires authentication and no credentials can make "
+            "an identity token: add a service-account key to the GcpCredentials block"
+        ) from None
+
+
+def secret_references(
+    settings: CloudRunSettings, secrets: dict[str, str], environment: str
+) -> dict[str, tuple[str, str]]:
+    """The secret variables that become Secret Manager references: name -> (secret, version),
+    the version pinned now (a 'latest' GcpSecret resolves to its current number), so a
+    revision runs, and a rollback restores, the secret versions of its release. Reads
+    versions' metadata only, never a value. Variables from other blocks stay plain values,
+    refused unless the settings allow them."""
+    blocks = {name: _secret_block(reference, name) for name, reference in secrets.items()}
+    plain = sorted(name for name, block in blocks.items() if not isinstance(block, GcpSecret))
+    if plain and not settings.allow_plain_secret_values:
+        raise ConfigurationError(
+            f"Cloud Run secret variables {', '.join(plain)} of environment {environment!r} come "
+            "from blocks that are not GcpSecret blocks: they would be stored as plain values in "
+            "the Cloud Run service and job definitions, readable by anyone who can view them. "
+            "Put them in Secret Manager and reference GcpSecret blocks "
+            "(GcpSecret(secret_name=..., gcp_credentials=...)) in `secrets`, or accept plain "
+            "values with the Cloud Run settings' `allow_plain_secret_values`"
+        )
+    wanted = {n: b for n, b in blocks.items() if isinstance(b, GcpSecret)}
+    if not wanted:
+        return {}
+    options = ClientOptions(api_endpoint=settings.secret_manager_endpoint)
+    client = secretmanager.SecretManagerServiceClient(
+        credentials=_credentials(settings),
+        transport="rest",
+        client_options=options if settings.secret_manager_endpoint else None,
+    )
+    try:
+        return {name: _pinned(client, settings, name, b) for name, b in sorted(wanted.items())}
+    finally:
+        client.transport.close()
+
+
+def _secret_block(reference: str, name: str) -> Block:
+    try:
+        return Block.load(reference)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"the secret block {reference!r} for secret variable {name} cannot be loaded "
+            f"({exc}): create it (e.g. `GcpSecret(secret_name=...).save(NAME)`), or fix the "
+            "reference ('gcpsecret/<name>')"
+        ) from None
+
+
+def _pinned(client, settings: CloudRunSettings, name: str, block: GcpSecret) -> tuple[str, str]:
+    project = block.gcp_credentials.project or settings.project
+    secret = f"projects/{project}/secrets/{block.secret_name}"
+    wanted = f"{secret}/versions/{block.secret_version or 'latest'}"
+    try:
+        version = client.get_secret_version(name=wanted)
+    except api_exceptions.NotFound:
+        raise ConfigurationError(
+            f"secret variable {name}: Secret Manager has no {wanted}: add a version "
+            f"(gcloud secrets versions add {block.secret_name} --project {project}) or fix the "
+            "GcpSecret block's secret_name/secret_version"
+        ) from None
+    except (api_exceptions.Forbidden, api_exceptions.Unauthorized) as exc:
+        raise AuthenticationError(
+            f"secret variable {name}: Google refused to show {wanted} ({exc.message}): give "
+            "the release's service account the Secret Manager Viewer role on the secret"
+        ) from None
+    except api_exceptions.GoogleAPICallError as exc:
+        raise TransientError(f"secret variable {name}: Secret Manager: {exc.message}") from None
+    except auth_exceptions.TransportError as exc:
+        raise TransientError(f"Secret Manager did not answer ({exc})") from None
+    if version.state != secretmanager.SecretVersion.State.ENABLED:
+        raise ConfigurationError(
+            f"secret variable {name}: {version.name} is {version.state.name}, so Cloud Run "
+            "could not read it: enable it, or pin an enabled version in the GcpSecret block"
+        )
+    number = version.name.rsplit("/", 1)[-1]
+    short = block.secret_name if project == settings.project else secret
+    return short, number
 
 
 def registry_credentials(

@@ -19,6 +19,7 @@ from blocks.application import ApplicationSpec, processes
 from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
+from blocks.cloud_run import secret_references as cloud_run_secret_references
 from blocks.docker_engine import engine_client
 from blocks.ecs import EcsSettings, confirm_pushed_image
 from blocks.ecs import connect as connect_ecs
@@ -287,21 +288,13 @@ def connect_target(env: ReleaseEnvironment) -> Target:
         )
     if env.target == "cloudrun":
         settings = _settings(env, "cloud_run")
-        if env.secrets and not settings.allow_plain_secret_values:
-            names = ", ".join(sorted(env.secrets))
-            raise ConfigurationError(
-                f"Cloud Run secret variables are not supported yet: {names} "
-                f"of environment {env.environment!r} would be stored as plain values in the "
-                "Cloud Run service and job definitions, readable by anyone who can view them. "
-                "Move them to Secret Manager references in the services yourself and remove them "
-                "from `secrets`, or accept plain values with the Cloud Run settings' "
-                "`allow_plain_secret_values`"
-            )
+        references = cloud_run_secret_references(settings, env.secrets, env.environment)
         return connect_cloud_run(
             settings,
             env.environment,
-            container_env(env),
+            container_env(env, references=set(references)),
             processes=processes(env.application),
+            secrets=references,
         )
     if env.target == "ecs":
         if env.secrets:
@@ -335,13 +328,15 @@ def _settings(env: ReleaseEnvironment, field: Literal["cloud_run", "ecs"]):
     return settings
 
 
-def container_env(env: ReleaseEnvironment) -> dict[str, str]:
+def container_env(env: ReleaseEnvironment, references: set[str] = frozenset()) -> dict[str, str]:
     """Environment of every backend container: the env file, the plain variables, the
-    secret variables, and the database URL under the names the application reads."""
+    secret variables (but `references`: those the platform resolves itself), and the
+    database URL under the names the application reads."""
+    secrets = {name: ref for name, ref in env.secrets.items() if name not in references}
     return {
         **env_file_values(env),
         **env.env,
-        **secret_values(env.secrets, "secret variable"),
+        **secret_values(secrets, "secret variable"),
         **env.database_variables().environment(env.database_url_value()),
     }
 

@@ -7,6 +7,13 @@ back to the recorded revision (no rebuild, no new revision). State is read back 
 services themselves: the serving revision (the one with 100% of the traffic), its pinned
 image, the version annotation and the worker revision's minimum instance count.
 
+As the real service behaves: the candidate tag fits Cloud Run's limit (tag plus service name
+at most 46 characters); a rollout whose new revision cannot become ready is a failed step
+(its conditions say why), not a transient fault; the migration job runs with the API
+service's service account, VPC access, resource limits and secrets; a service that is not
+public is verified with an identity token. Secret variables are Secret Manager references
+(`secretKeyRef`) pinned to a version per release, on both services and the job.
+
 Retries: idempotent reads and operation polls retry 429/5xx a few times with jittered
 backoff inside the adapter; mutations are never retried here: a 429/5xx on one raises
 TransientError and the Prefect task decides. Permission errors are never retried.
@@ -18,6 +25,7 @@ import secrets
 from collections.abc import Callable
 from datetime import timedelta
 
+import google.auth.transport.requests
 import requests.exceptions
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
@@ -41,6 +49,7 @@ CLOUDSQL_MOUNT = "/cloudsql"  # where gcloud's --add-cloudsql-instances puts the
 REVISION = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION
 LATEST = run_v2.TrafficTargetAllocationType.TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST
 SUCCEEDED = run_v2.Condition.State.CONDITION_SUCCEEDED
+FAILED = run_v2.Condition.State.CONDITION_FAILED
 # A Cloud Run service must listen on $PORT or its startup probe fails; a Celery worker does
 # not, so the worker command runs behind a minimal HTTP listener on $PORT.
 WORKER_PORT_SHIM = ["sh", "-c", 'python3 -m http.server "$PORT" >/dev/null 2>&1 & exec "$@"', "--"]
@@ -60,8 +69,34 @@ def slug(text: str, limit: int) -> str:
     return cleaned[:limit].rstrip("-") or "x"
 
 
-def candidate_tag(version: str) -> str:
-    return "v-" + slug(version, 28)
+# Cloud Run serves a tag at https://TAG---SERVICE-HASH-REGION.a.run.app: the tag and the
+# service name together may have at most 46 characters, and a tag at least 3.
+TAG_AND_SERVICE_MAX = 46
+TAG_MIN = 3
+TAG_PREFIX = "v-"
+
+
+def max_api_service_length() -> int:
+    return TAG_AND_SERVICE_MAX - TAG_MIN
+
+
+def candidate_tag(version: str, service: str) -> str:
+    """The candidate revision's traffic tag: 'v-' and the version, as much of it as Cloud
+    Run's limit leaves beside the service name (at most 28 characters of it)."""
+    room = TAG_AND_SERVICE_MAX - len(service) - len(TAG_PREFIX)
+    if room < TAG_MIN - len(TAG_PREFIX):
+        raise ConfigurationError(tag_room_problem(service))
+    return TAG_PREFIX + slug(version, min(28, room))
+
+
+def tag_room_problem(service: str) -> str:
+    return (
+        f"Cloud Run service name {service!r} has {len(service)} characters: Cloud Run refuses "
+        f"a traffic tag whose length plus the service name's exceeds {TAG_AND_SERVICE_MAX}, and "
+        f"a tag under {TAG_MIN} characters, so the release's candidate tag cannot fit. Use an "
+        f"API service of at most {max_api_service_length()} characters (api_service in the "
+        "Cloud Run settings block)"
+    )
 
 
 def short_name(resource: str) -> str:
@@ -83,6 +118,8 @@ class CloudRunTarget:
         processes: Processes | None = None,
         api_endpoint: str | None = None,
         operation_timeout: float = 600.0,
+        identity: Callable[[str], Credentials] | None = None,
+        secrets: dict[str, tuple[str, str]] | None = None,
     ):
         options = ClientOptions(api_endpoint=api_endpoint) if api_endpoint else None
         clients = dict(credentials=credentials, transport="rest", client_options=options)
@@ -98,9 +135,14 @@ class CloudRunTarget:
         self.cloudsql_instances = list(cloudsql_instances or [])
         self.processes = processes or Processes()
         self.operation_timeout = operation_timeout
+        self.identity = identity  # audience -> credentials whose token is an identity token
+        # Secret variables as Secret Manager references: name -> (secret, pinned version).
+        self.secrets = dict(secrets or {})
 
     # -- facts ---------------------------------------------------------------------------
     def check(self) -> None:
+        if len(short_name(self.api_name)) > max_api_service_length():
+            raise ConfigurationError(tag_room_problem(short_name(self.api_name)))
         for name in (self.api_name, self.worker_name):
             if self._get_service(name, allow_missing=True) is None:
                 raise ConfigurationError(
@@ -131,6 +173,45 @@ class CloudRunTarget:
 
     def service_url(self) -> str:
         return self._get_service(self.api_name).uri
+
+    def request_headers(self, url: str) -> dict[str, str]:
+        """Headers a verification request to the API's URLs (`url`) needs: none when the
+        service is public (allUsers may invoke it, or its invoker IAM check is disabled);
+        else an identity token of the environment's service account whose audience is the
+        service URL, as Cloud Run requires from an authenticated caller."""
+        service = self._get_service(self.api_name)
+        if self._public(service):
+            return {}
+        if self.identity is None:
+            raise AuthenticationError(
+                f"Cloud Run service {short_name(self.api_name)} requires authentication and "
+                "these credentials cannot make identity tokens: use a service-account key in "
+                "the GcpCredentials block, or allow unauthenticated invocations"
+            )
+        credentials = self.identity(service.uri)
+        self._call(
+            f"get an identity token for {short_name(self.api_name)}",
+            credentials.refresh,
+            google.auth.transport.requests.Request(),
+        )
+        return {"Authorization": f"Bearer {credentials.token}"}
+
+    def _public(self, service: run_v2.Service) -> bool:
+        if service.invoker_iam_disabled:
+            return True
+        try:
+            policy = self._call(
+                f"read the IAM policy of {short_name(service.name)}",
+                self.services.get_iam_policy,
+                request={"resource": service.name},
+                retry=READ_RETRY,
+            )
+        except AuthenticationError:  # may not read it: authenticate to be sure
+            return False
+        return any(
+            binding.role == "roles/run.invoker" and "allUsers" in binding.members
+            for binding in policy.bindings
+        )
 
     def api_runs(self, image: str) -> str:
         service = self._get_service(self.api_name)
@@ -164,6 +245,7 @@ class CloudRunTarget:
 
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
+        tag = candidate_tag(version, short_name(self.api_name))
         service = self._get_service(self.api_name)
         serving = self._serving_name(service)
         revision = self._revision_name(self.api_name, version)
@@ -172,14 +254,12 @@ class CloudRunTarget:
         command = self.processes.api_command  # None: the image's own entrypoint serves it
         api.command, api.args = (command[:1], command[1:]) if command else ([], [])
         api.ports = [run_v2.ContainerPort(container_port=self.processes.api_port)]
-        tagged = run_v2.TrafficTarget(
-            type_=REVISION, revision=revision, percent=0, tag=candidate_tag(version)
-        )
+        tagged = run_v2.TrafficTarget(type_=REVISION, revision=revision, percent=0, tag=tag)
         if serving is None:  # nothing serves yet: nothing to protect
             tagged.percent = 100
         keep = [run_v2.TrafficTarget(type_=REVISION, revision=serving, percent=100)]
         service.traffic = [*(keep if serving else []), tagged]
-        self._update(service, f"deploy revision {revision} (no traffic, tag {tagged.tag})")
+        self._update(service, f"deploy revision {revision} (no traffic, tag {tag})", revision)
 
     def promote_api(self) -> None:
         service = self._get_service(self.api_name)
@@ -205,16 +285,12 @@ class CloudRunTarget:
         container.resources = resources
         template.scaling.min_instance_count = count
         service.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100)]
-        self._update(service, f"run {count} worker(s) of {image} as {revision}")
+        self._update(service, f"run {count} worker(s) of {image} as {revision}", revision)
 
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
     ) -> OneOffResult:
-        container = run_v2.Container(image=image, args=command, env=_env({**self.env, **env}))
-        task = run_v2.TaskTemplate(
-            containers=[container], max_retries=0, timeout=timedelta(seconds=int(timeout))
-        )
-        self._attach_cloudsql(task.volumes, container)
+        task = self._job_task(image, command, {**self.env, **env}, timeout)
         job = run_v2.Job(template=run_v2.ExecutionTemplate(task_count=1, template=task))
         what = f"run {' '.join(command)} in {image} as job {short_name(self.job_name)}"
         if self._get_job() is None:
@@ -248,6 +324,36 @@ class CloudRunTarget:
         output = f"{message}\nexecution {short_name(execution.name)} logs: {execution.log_uri}"
         return OneOffResult(int(exit_code.group(1)) if exit_code else 1, output)
 
+    def _job_task(
+        self, image: str, command: list[str], env: dict[str, str], timeout: float
+    ) -> run_v2.TaskTemplate:
+        """The job's task as the API service runs: its service account, VPC access,
+        encryption key, resource limits and secrets (Secret Manager variables and volumes),
+        so the job reaches what the API reaches (Cloud SQL, private ranges) as the API's
+        identity, not as the project's default compute account."""
+        api = self._get_service(self.api_name).template
+        source = api.containers[0] if api.containers else run_v2.Container()
+        ours = _env(env) + _secret_refs(self.secrets)
+        named = {var.name for var in ours}
+        references = [var for var in source.env if "value_source" in var and var.name not in named]
+        container = run_v2.Container(image=image, args=command, env=ours + references)
+        if source.resources.limits:
+            container.resources = run_v2.ResourceRequirements(limits=dict(source.resources.limits))
+        secret_volumes = {volume.name: volume for volume in api.volumes if "secret" in volume}
+        container.volume_mounts = [m for m in source.volume_mounts if m.name in secret_volumes]
+        task = run_v2.TaskTemplate(
+            containers=[container],
+            volumes=list(secret_volumes.values()),
+            max_retries=0,
+            timeout=timedelta(seconds=int(timeout)),
+            service_account=api.service_account,
+            encryption_key=api.encryption_key,
+        )
+        if "vpc_access" in api:
+            task.vpc_access = api.vpc_access
+        self._attach_cloudsql(task.volumes, container)
+        return task
+
     def restore_api(self, state: ServiceState) -> None:
         if state.revision is None:
             raise StepFailed("no recorded API revision to restore: put it back by hand")
@@ -279,9 +385,10 @@ class CloudRunTarget:
             template.containers.append(run_v2.Container())
         container = template.containers[0]
         container.image = image
-        configured = {var.name for var in _env(self.env)}
+        ours = _env(self.env) + _secret_refs(self.secrets)
+        configured = {var.name for var in ours}
         kept = [var for var in container.env if var.name not in configured]
-        container.env = kept + _env(self.env)
+        container.env = kept + ours
         self._attach_cloudsql(template.volumes, container)
 
     def _attach_cloudsql(self, volumes, container: run_v2.Container) -> None:
@@ -354,9 +461,31 @@ class CloudRunTarget:
             allow_missing=True,
         )
 
-    def _update(self, service: run_v2.Service, what: str) -> None:
+    def _update(self, service: run_v2.Service, what: str, revision: str | None = None) -> None:
+        """Apply `service`; when it creates `revision`, a rollout that fails because that
+        revision cannot become ready is a failed step, whatever the operation's code (Cloud
+        Run answers 9 or 13 for it): deploying the same revision again cannot help."""
         operation = self._call(what, self.services.update_service, service=service)
-        self._wait(operation, what)
+        try:
+            self._wait(operation, what)
+        except (TransientError, StepFailed):
+            failure = self._revision_failure(service.name, revision) if revision else None
+            if failure is None:
+                raise
+            raise StepFailed(f"{what}: revision {revision} failed: {failure}") from None
+
+    def _revision_failure(self, service_name: str, revision: str) -> str | None:
+        """Why `revision` failed to become ready, from its conditions; None: it did not."""
+        found = self._call(
+            f"read revision {revision}",
+            self.revisions.get_revision,
+            name=f"{service_name}/revisions/{revision}",
+            retry=READ_RETRY,
+            allow_missing=True,
+        )
+        failed = [c for c in found.conditions if c.state == FAILED] if found else []
+        failed.sort(key=lambda c: c.type_ != "Ready")  # the Ready condition's word first
+        return (failed[0].message or f"its {failed[0].type_} condition failed") if failed else None
 
     def _wait(self, operation, what: str, timeout: float | None = None):
         """Wait for a long-running operation, with a deadline; its error becomes StepFailed."""
@@ -399,6 +528,20 @@ class CloudRunTarget:
             raise TransientError(f"{what}: the Cloud Run API did not answer ({exc})") from None
         except api_exceptions.GoogleAPICallError as exc:
             raise StepFailed(f"{what}: {exc.message}") from None
+
+
+def _secret_refs(secrets: dict[str, tuple[str, str]]) -> list[run_v2.EnvVar]:
+    """Secret variables as Secret Manager references: the value never leaves Secret Manager
+    and the pinned version makes a revision (and its rollback) run the same secret."""
+    return [
+        run_v2.EnvVar(
+            name=name,
+            value_source=run_v2.EnvVarSource(
+                secret_key_ref=run_v2.SecretKeySelector(secret=secret, version=version)
+            ),
+        )
+        for name, (secret, version) in sorted(secrets.items())
+    ]
 
 
 def _env(values: dict[str, str]) -> list[run_v2.EnvVar]:

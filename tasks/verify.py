@@ -32,7 +32,9 @@ def verify_api(
     budget = (health.start_period_seconds + env.health_budget_seconds) * busy_machine(logger)
     deadline = time.monotonic() + budget
     streak, last = 0, "no answer yet"
-    with httpx.Client(timeout=env.health_request_timeout_seconds) as client:
+    # A target whose URLs require authentication (a private Cloud Run service) says how.
+    headers = target.request_headers(url) if hasattr(target, "request_headers") else {}
+    with httpx.Client(timeout=env.health_request_timeout_seconds, headers=headers) as client:
         while True:
             healthy, last = _probe(client, url, health, version)
             streak = streak + 1 if healthy else 0

@@ -1,30 +1,35 @@
 """Cloud Run target against the fake Cloud Run Admin API v2 (real containers, real google-auth,
 real run_v2 REST client, real registry and PostgreSQL)."""
 
+import json
 import time
 import uuid
 
 import httpx
 import pytest
+from google.api_core.exceptions import BadRequest
 from google.cloud import run_v2
 from prefect import task
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.sorting import LogSort
-from prefect_gcp import GcpCredentials
+from prefect_gcp import GcpCredentials, GcpSecret
 from pydantic import ValidationError
 
-from blocks.application import ApplicationSpec, Database
+from blocks.application import ApplicationSpec, Build, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
 from flows.lock import in_flight
 from flows.release import release as release_flow
 from ledger.store import Ledger
-from targets.errors import AuthenticationError, ConfigurationError, TransientError
+from targets.base import Processes
+from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
 from targets.registry import login, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, rehearse
+from tasks.deploy import deploy_api as deploy_api_task
 from tests import services
+from tests.backend import backend_context
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import refused, schema
 
@@ -67,7 +72,14 @@ def make_settings(fake: FakeCloudRun, *, authorized: bool = True, **overrides):
 @pytest.fixture
 def settings(fake):
     """Settings whose two services exist, as the seed's `gcloud run deploy` left them."""
-    settings = make_settings(fake)
+    return seeded(fake, make_settings(fake))
+
+
+def seeded(
+    fake: FakeCloudRun, settings: CloudRunSettings, container: dict | None = None, **template
+) -> CloudRunSettings:
+    """Create the settings' two services, as the seed's `gcloud run deploy` does
+    (`container`, `template`: more fields of their container and revision template)."""
     client = run_v2.ServicesClient(
         credentials=settings.gcp_credentials.get_credentials_from_service_account(),
         transport="rest",
@@ -77,10 +89,12 @@ def settings(fake):
         image=PLACEHOLDER,
         command=["sh", "-c", 'exec python3 -m http.server "$PORT"'],
         resources=run_v2.ResourceRequirements(cpu_idle=True),
+        **(container or {}),
     )
     parent = f"projects/{PROJECT}/locations/{REGION}"
     for name in (settings.api_service, settings.worker_service):
-        service = run_v2.Service(template=run_v2.RevisionTemplate(containers=[listener]))
+        revision = run_v2.RevisionTemplate(containers=[listener], **template)
+        service = run_v2.Service(template=revision)
         client.create_service(parent=parent, service=service, service_id=name).result(60)
     return settings
 
@@ -335,11 +349,12 @@ def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
 
 
 @pytest.mark.appspec
-def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_allowed(
+def test_plain_secret_variables_are_refused_before_any_change_unless_plain_values_are_allowed(
     fake, make_env, database
 ):
-    """Cloud Run would store a secret variable as a plain value of the service: refused,
-    naming the variables and the fix, unless the settings accept plain values."""
+    """Cloud Run would store a secret variable of a plain Secret block as a plain value of
+    the service: refused, naming the variables and the fix, unless the settings accept
+    plain values."""
     value = f"jwt-{uuid.uuid4().hex}"
     name = f"cr-jwt-{uuid.uuid4().hex[:8]}"
     Secret(value=value).save(name, overwrite=True)
@@ -353,7 +368,7 @@ def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_
     env.save(env.environment, overwrite=True)
 
     with refused(
-        ConfigurationError, match="Cloud Run secret variables are not supported yet: JWT"
+        ConfigurationError, match="Cloud Run secret variables JWT_SECRET_KEY .* not GcpSecret"
     ) as info:
         release_flow(env.environment, version="never")
     assert "allow_plain_secret_values" in str(info.value)
@@ -363,3 +378,284 @@ def test_secret_variables_are_refused_before_any_change_unless_plain_values_are_
     env.cloud_run.allow_plain_secret_values = True
     accepted = connect_target(env).env.get("JWT_SECRET_KEY") == value
     assert accepted  # compared here: a failing assertion must not print the secret
+
+
+LISTENER = ("sh", "-c", 'exec python3 -m http.server "$PORT"')  # answers 200 on /
+
+
+def test_a_long_service_name_gets_a_shorter_candidate_tag_cloud_run_accepts(fake, pg, database):
+    """Cloud Run refuses a tag whose length plus the service name's exceeds 46: with a
+    40-character API service, the candidate tag keeps what fits of the version."""
+    suffix = uuid.uuid4().hex[:6]
+    long_name = f"api-{suffix}-" + "x" * (40 - len(suffix) - 5)
+    settings = seeded(fake, make_settings(fake, api_service=long_name))
+    target = connect(settings, "staging", {}, processes=Processes(api_command=LISTENER))
+
+    target.deploy_api(PLACEHOLDER, "release-2026-12-04-build-1234567")
+
+    [tagged] = [s for s in fake.service(long_name)["trafficStatuses"] if s.get("tag")]
+    assert len(tagged["tag"]) + len(long_name) <= 46
+    assert tagged["tag"].startswith("v-re")
+    assert httpx.get(target.candidate_url(), timeout=5).status_code == 200
+
+
+def test_an_api_service_name_no_tag_fits_beside_is_refused_before_any_change(fake, settings):
+    too_long = "api-" + "x" * 40  # 44 characters: not even a 3-character tag fits
+    with pytest.raises(ValidationError, match="at most 43 characters"):
+        make_settings(fake, api_service=too_long)
+    unchecked = CloudRunSettings.model_construct(**{**dict(settings), "api_service": too_long})
+    target = connect(unchecked, "staging", {})
+    changes = fake.mutations()
+
+    with pytest.raises(ConfigurationError, match="exceeds 46.*at most 43 characters"):
+        target.check()
+    with pytest.raises(ConfigurationError, match="exceeds 46"):
+        target.deploy_api(PLACEHOLDER, "v1")
+    assert fake.mutations() == changes
+
+
+def test_the_fake_refuses_tags_and_revision_names_as_cloud_run_does(fake, settings):
+    """What real Cloud Run refuses, the fake refuses (the adapter must never send it)."""
+    client = run_v2.ServicesClient(
+        credentials=settings.gcp_credentials.get_credentials_from_service_account(),
+        transport="rest",
+        client_options={"api_endpoint": fake.url},
+    )
+    name = f"projects/{PROJECT}/locations/{REGION}/services/{settings.api_service}"
+    service = client.get_service(name=name)
+    serving = service.traffic_statuses[0].revision
+    for tag in ("v1", "V-1", "v-" + "x" * 40):
+        service.traffic = [
+            run_v2.TrafficTarget(type_=2, revision=serving, percent=100, tag=tag),
+        ]
+        with pytest.raises(BadRequest, match="traffic tag"):
+            client.update_service(service=service)
+    service.traffic = []
+    for revision in (
+        "other-1",
+        f"{settings.api_service}-Bad",
+        f"{settings.api_service}-" + "x" * 60,
+    ):
+        service.template.revision = revision
+        with pytest.raises(BadRequest, match="[Rr]evision"):
+            client.update_service(service=service)
+
+
+def test_a_revision_that_cannot_start_fails_the_deploy_once_without_a_retry(fake, settings):
+    """Cloud Run answers 13 for a revision whose container never listens: a failed step
+    (its message says why), not a transient fault: the task deploys it once."""
+    target = connect(settings, "staging", {})  # the placeholder's CMD exits at once
+    before = target.read_state()
+
+    with pytest.raises(StepFailed, match="exited with code 0 before listening"):
+        deploy_api_task(target, PLACEHOLDER, "cr-nostart")
+
+    patches = [p for m, p in fake.mutations() if m == "PATCH"]
+    assert len(patches) == 1  # deployed once, not again by the task's retries
+    assert target.read_state().api == before.api
+    revisions = target.revisions.list_revisions(parent=target.api_name).revisions
+    assert len(revisions) == 2  # the seed's and the broken one
+
+
+def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
+    """Service account, VPC access, resource limits and Secret Manager references of the
+    API service reach the job: on a real project it then runs as the API's identity and
+    reaches Cloud SQL through the same connector, not as the default compute account."""
+    account = f"api-runtime@{PROJECT}.iam.gserviceaccount.com"
+    connector = f"projects/{PROJECT}/locations/{REGION}/connectors/backend"
+    reference = run_v2.EnvVar(
+        name="JWT_SECRET_KEY",
+        value_source=run_v2.EnvVarSource(
+            secret_key_ref=run_v2.SecretKeySelector(secret="jwt-secret-key", version="3")
+        ),
+    )
+    for version in ("1", "2", "3"):
+        fake.add_secret_version(PROJECT, "jwt-secret-key", f"jwt-{version}-{uuid.uuid4().hex}")
+    limits = {"cpu": "2", "memory": "1Gi"}
+    container = dict(env=[reference])
+    settings = make_settings(fake)
+    seeded(
+        fake,
+        settings,
+        container,
+        service_account=account,
+        vpc_access=run_v2.VpcAccess(connector=connector, egress=1),
+    )
+    api = fake.service(settings.api_service)  # limits set by hand after the seed
+    client = run_v2.ServicesClient(
+        credentials=settings.gcp_credentials.get_credentials_from_service_account(),
+        transport="rest",
+        client_options={"api_endpoint": fake.url},
+    )
+    service = client.get_service(name=api["name"])
+    service.template.containers[0].resources.limits = limits
+    client.update_service(service=service).result(60)
+    target = connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
+
+    reads_secret = "import os, sys; sys.exit(os.environ['JWT_SECRET_KEY'][:6] != 'jwt-3-')"
+    result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", reads_secret], {}, timeout=60)
+
+    assert result.exit_code == 0  # the job's container got version 3 of the secret
+    task = fake.job(settings.migration_job)["template"]["template"]
+    assert task["serviceAccount"] == account
+    assert task["vpcAccess"] == {"connector": connector, "egress": 1}
+    [job_container] = task["containers"]
+    assert job_container["resources"]["limits"] == limits
+    secret_ref = {"secretKeyRef": {"secret": "jwt-secret-key", "version": "3"}}
+    assert {"name": "JWT_SECRET_KEY", "valueSource": secret_ref} in job_container["env"]
+    names = [e["name"] for e in job_container["env"]]
+    assert "DATABASE_URL" in names and "APP_ENVIRONMENT" in names
+
+
+def test_a_service_that_requires_authentication_is_verified_with_an_identity_token(
+    fake, settings, make_env, database, build_backend
+):
+    """Without `--allow-unauthenticated` a Cloud Run service answers 403 to anonymous
+    requests: verification sends an identity token of the environment's service account
+    (audience: the service URL), so the release goes through."""
+    fake.require_authentication(settings.api_service)
+    env = make_env(database, target="cloudrun", cloud_run=settings, registry_credentials=None)
+    env.save(env.environment, overwrite=True)
+    v1 = build_backend("cr-v1")
+
+    outcome = release_flow(env.environment, image=v1)
+
+    assert outcome["outcome"] == "released"
+    probes = list(fake.invoker_tokens)
+    assert probes and all(probes)  # every verification request bore a valid identity token
+    target = connect_target(env)
+    url = f"{target.service_url()}/health"
+    assert httpx.get(url, timeout=5).status_code == 403  # anonymous: refused
+    token = target.request_headers(target.service_url())["Authorization"]
+    assert httpx.get(url, headers={"Authorization": token}, timeout=5).json()["version"] == "cr-v1"
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert httpx.get(url, headers={"Authorization": forged}, timeout=5).status_code == 401
+
+
+@pytest.mark.appspec
+def test_each_role_runs_its_own_stage_image_on_cloud_run(
+    fake, settings, make_env, database, engine, tmp_path
+):
+    """A spec that builds api, worker and migrate from different stages: the API service,
+    the worker service and the migration job each run their own stage's image."""
+    context = backend_context(tmp_path)
+    dockerfile = context / "Dockerfile"
+    text = dockerfile.read_text().replace(
+        "FROM python:3.11-slim\n", "FROM python:3.11-slim AS app\n"
+    )
+    for stage in ("worker", "migrate", "api"):
+        text += f"\nFROM app AS {stage}\nLABEL io.example.stage={stage}\n"
+    dockerfile.write_text(text)
+    roles = ApplicationSpec(build=Build(stages={r: r for r in ("api", "worker", "migrate")}))
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        application=roles,
+    )
+    env.save(env.environment, overwrite=True)
+
+    outcome = release_flow(env.environment, source=str(context), version="cr-roles")
+
+    assert outcome["outcome"] == "released"
+    images = outcome["images"]
+    stages = {
+        role: engine.images.get(image).labels["io.example.stage"] for role, image in images.items()
+    }
+    assert stages == {"api": "api", "worker": "worker", "migrate": "migrate"}
+    state = connect_target(env).read_state()
+    assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
+    [job_container] = fake.job(settings.migration_job)["template"]["template"]["containers"]
+    assert job_container["image"] == images["migrate"]
+
+
+def gcp_secret(fake: FakeCloudRun, settings: CloudRunSettings, *values: str) -> tuple[str, str]:
+    """A Secret Manager secret with `values` as its versions, and a GcpSecret block for it
+    (version 'latest'): (secret name, block reference)."""
+    secret = f"jwt-{uuid.uuid4().hex[:8]}"
+    for value in values:
+        fake.add_secret_version(PROJECT, secret, value)
+    block = GcpSecret(gcp_credentials=settings.gcp_credentials, secret_name=secret)
+    block.save(f"cr-{secret}", overwrite=True)
+    return secret, f"gcpsecret/cr-{secret}"
+
+
+@pytest.mark.appspec
+def test_secret_variables_are_secret_manager_references_pinned_per_release(
+    fake, settings, make_env, database, build_backend, engine
+):
+    """A GcpSecret variable becomes a secretKeyRef pinned to the version that is latest
+    when the release starts, on the API service, the worker service and the migration job;
+    the running containers get the value from Secret Manager, no definition holds it."""
+    value = f"jwt-{uuid.uuid4().hex}"
+    secret, reference = gcp_secret(fake, settings, f"old-{uuid.uuid4().hex}", value)
+    settings.secret_manager_endpoint = fake.url
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        secrets={"JWT_SECRET_KEY": reference},
+    )
+    env.save(env.environment, overwrite=True)
+
+    outcome = release_flow(env.environment, image=build_backend("cr-v1"))
+
+    assert outcome["outcome"] == "released"
+    fake.add_secret_version(PROJECT, secret, "added-after-the-release")
+    pinned = {
+        "name": "JWT_SECRET_KEY",
+        "valueSource": {"secretKeyRef": {"secret": secret, "version": "2"}},
+    }
+    api = fake.service(settings.api_service)["template"]["containers"][0]
+    worker = fake.service(settings.worker_service)["template"]["containers"][0]
+    job = fake.job(settings.migration_job)["template"]["template"]["containers"][0]
+    for container in (api, worker, job):
+        assert [e for e in container["env"] if e["name"] == "JWT_SECRET_KEY"] == [pinned]
+        holds_value = any(value in json.dumps(e) for e in container["env"])
+        assert not holds_value
+    state = connect_target(env).read_state()
+    for revision in (state.api.revision, state.workers.revision):
+        label = f"io.rhesis.fake-cloudrun.revision={revision}"
+        [running, *_] = engine.containers.list(filters={"label": label})
+        variables = dict(e.split("=", 1) for e in running.attrs["Config"]["Env"])
+        resolved = variables["JWT_SECRET_KEY"] == value  # compared, never printed
+        assert resolved
+
+    # A broken release runs version 3; its rollback restores the revisions, so version 2.
+    broken = build_backend("cr-broken", fail_health="1")
+    with pytest.raises(ReleaseFailed, match="verify-api.*Rolled back and verified"):
+        release_flow(env.environment, image=broken)
+    candidate = fake.service(settings.api_service)["template"]["containers"][0]
+    assert {
+        "name": "JWT_SECRET_KEY",
+        "valueSource": {"secretKeyRef": {"secret": secret, "version": "3"}},
+    } in candidate["env"]
+    assert connect_target(env).read_state() == state
+    for revision in (state.api.revision, state.workers.revision):
+        served = fake.revision(revision)
+        assert [e for e in served["containers"][0]["env"] if e["name"] == "JWT_SECRET_KEY"] == [
+            pinned
+        ]
+
+
+@pytest.mark.appspec
+def test_a_missing_secret_version_is_refused_before_any_change(fake, settings, make_env, database):
+    _, reference = gcp_secret(fake, settings)  # a block, but no such secret in Secret Manager
+    settings.secret_manager_endpoint = fake.url
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        secrets={"JWT_SECRET_KEY": reference},
+    )
+    env.save(env.environment, overwrite=True)
+    changes = fake.mutations()
+
+    with refused(ConfigurationError, match="JWT_SECRET_KEY: Secret Manager has no .*versions add"):
+        release_flow(env.environment, version="never")
+
+    assert fake.mutations() == changes
+    assert in_flight(env.environment) is None

@@ -15,6 +15,14 @@ Auth, as Google does it: a request carries either a self-signed JWT of a service
 `GcpCredentials.get_access_token()` gets, and what the registry accepts as the Artifact
 Registry password). Keys come from `service_account_key()`; an account created with
 `authorized=False` authenticates but gets 403 PERMISSION_DENIED, as a missing IAM role does.
+
+Rules of the real service it enforces: traffic tags (3+ characters, RFC 1035, tag plus
+service name at most 46) and revision names (RFC 1035, at most 63, prefixed by the service
+name); a revision whose container does not start fails its rollout with code 13. A service
+made private with `require_authentication()` answers 403 without an identity token (which
+`/token` issues for a `target_audience` grant) and 401 with an invalid one; getIamPolicy
+shows whether allUsers may invoke it. A fake Secret Manager (`add_secret_version()`, the
+versions.get call) resolves `secretKeyRef` variables into the real containers' env.
 """
 
 import http.client
@@ -35,8 +43,8 @@ import docker
 import docker.errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from google.auth import crypt, jwt
 from google.auth import exceptions as auth_exceptions
-from google.auth import jwt
 
 LABEL = "io.rhesis.fake-cloudrun"
 TYPE = "type.googleapis.com/google.cloud.run.v2."
@@ -53,6 +61,10 @@ STATUS = {
     500: "INTERNAL",
     503: "UNAVAILABLE",
 }
+# Names as Cloud Run checks them: RFC 1035 labels; a tag's URL is TAG---SERVICE-..., so the
+# two together may have 46 characters.
+RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+TAG_MIN, TAG_AND_SERVICE_MAX = 3, 46
 _PARENT = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 
 
@@ -64,6 +76,10 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class SecretUnavailable(Exception):
+    """A secretKeyRef that does not resolve: the container cannot start."""
 
 
 class ApiError(Exception):
@@ -88,6 +104,9 @@ class Revision:
     created: str = field(default_factory=now)
     state: int = PENDING
     message: str = ""
+    # Code of the rollout's operation error when the revision fails: 13 (INTERNAL) when its
+    # container does not start or listen, as Cloud Run answers; 9 when it cannot run at all.
+    error_code: int = 13
     instances: list[Instance] = field(default_factory=list)
 
 
@@ -124,6 +143,21 @@ class FakeCloudRun:
         self.operations: dict[str, dict] = {}
         self.accounts: dict[str, tuple[bytes, bool]] = {}  # key id -> (public PEM, authorized)
         self.issued_tokens: dict[str, bool] = {access_token: True}
+        # Identity tokens (what a caller of a private service sends) are JWTs the fake signs.
+        id_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.id_signer = crypt.RSASigner.from_string(
+            id_key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )
+        self.id_public = id_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.secret_store: dict[str, list[str]] = {}  # projects/P/secrets/S -> values by version
+        self.private_services: set[str] = set()  # full names: no allUsers invoker binding
+        self.invoker_tokens: list[bool] = []  # per proxied request: bore a valid identity token
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str]] = []  # (method, path) of every API call
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -174,6 +208,19 @@ class FakeCloudRun:
             "token_uri": self.token_uri,
         }
 
+    def add_secret_version(self, project: str, secret: str, value: str) -> str:
+        """Add a version to a Secret Manager secret (created on first use); its number."""
+        with self.lock:
+            versions = self.secret_store.setdefault(f"projects/{project}/secrets/{secret}", [])
+            versions.append(value)
+            return str(len(versions))
+
+    def require_authentication(self, service: str) -> None:
+        """The service is no longer public (as without `--allow-unauthenticated`): its URLs
+        answer 403 without an identity token and 401 with an invalid one."""
+        with self.lock:
+            self.private_services.add(self._find_service(service)["name"])
+
     def fail_next(
         self,
         status: int = 503,
@@ -193,6 +240,22 @@ class FakeCloudRun:
         """The stored service (full or short name), as the API would return it."""
         with self.lock:
             return self._service_json(self._find_service(name))
+
+    def revision(self, name: str) -> dict:
+        """A revision (short name), as the API would return it."""
+        with self.lock:
+            for rev in self.revisions.values():
+                if rev.name == name:
+                    return self._revision_json(rev)
+        raise KeyError(name)
+
+    def job(self, name: str) -> dict:
+        """The stored job (short name), as the API would return it."""
+        with self.lock:
+            for full, job in self.jobs.items():
+                if full.rsplit("/", 1)[-1] == name:
+                    return json.loads(json.dumps(job))
+        raise KeyError(name)
 
     def routable_instances(self, service: str) -> dict[str, int]:
         """Revision short name -> running container count, for revisions that get requests."""
@@ -258,10 +321,17 @@ class FakeCloudRun:
         self._authorize(req.headers.get("Authorization", ""), method, path)
         data = json.loads(body) if body else {}
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        version = re.fullmatch(
+            r"/v1/projects/(?P<p>[^/]+)/secrets/(?P<s>[^/]+)/versions/(?P<v>[^/:]+)", path
+        )
+        if method == "GET" and version:  # Secret Manager: a version's metadata, no payload
+            with self.lock:
+                return self._secret_version(version["p"], version["s"], version["v"])
         routes = [
             ("GET", r"/services/(?P<s>[^/:]+)", self._get_service),
             ("POST", r"/services", self._create_service),
             ("PATCH", r"/services/(?P<s>[^/:]+)", self._patch_service),
+            ("GET", r"/services/(?P<s>[^/:]+):getIamPolicy", self._get_iam_policy),
             ("GET", r"/services/(?P<s>[^/:]+)/revisions", self._list_revisions),
             ("GET", r"/services/(?P<s>[^/:]+)/revisions/(?P<r>[^/:]+)", self._get_revision),
             ("GET", r"/jobs/(?P<j>[^/:]+)", self._get_job),
@@ -320,9 +390,55 @@ class FakeCloudRun:
         authorized = self._verified_account(assertion) if assertion else None
         if authorized is None:
             raise ApiError(400, "invalid_grant: Invalid JWT Signature.")
+        claims = jwt.decode(assertion, verify=False)
+        if claims.get("target_audience"):  # an identity token for that audience
+            issued = int(time.time())
+            identity = {
+                "iss": "https://accounts.google.com",
+                "aud": claims["target_audience"],
+                "azp": claims["iss"],
+                "email": claims["iss"],
+                "sub": claims["iss"],
+                "authorized": authorized,
+                "iat": issued,
+                "exp": issued + 3600,
+            }
+            return {"id_token": jwt.encode(self.id_signer, identity).decode()}
         token = self.access_token if authorized else "ya29.fake-" + secrets.token_hex(16)
         self.issued_tokens[token] = authorized
         return {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+
+    # -- Secret Manager ------------------------------------------------------------------
+    def _secret_version(self, project: str, secret: str, version: str) -> dict:
+        versions = self.secret_store.get(f"projects/{project}/secrets/{secret}")
+        if not versions:
+            raise ApiError(404, f"Secret [projects/{project}/secrets/{secret}] not found.")
+        number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
+        if not 1 <= number <= len(versions):
+            raise ApiError(
+                404,
+                f"Secret Version [projects/{project}/secrets/{secret}/versions/{version}] "
+                "not found.",
+            )
+        return {
+            "name": f"projects/{project}/secrets/{secret}/versions/{number}",
+            "createTime": now(),
+            "state": "ENABLED",
+        }
+
+    def _resolve_secret(self, parent: str, ref: dict) -> str:
+        """The value a secretKeyRef gives a container (`parent`: its service or job)."""
+        secret, version = ref.get("secret", ""), ref.get("version") or "latest"
+        if not secret.startswith("projects/"):
+            secret = f"projects/{parent.split('/')[1]}/secrets/{secret}"
+        versions = self.secret_store.get(secret.split("/versions/")[0], [])
+        number = len(versions) if version == "latest" else int(version) if version.isdigit() else 0
+        if not 1 <= number <= len(versions):
+            raise SecretUnavailable(
+                f"spec.template.spec.containers[0].env.valueFrom.secretKeyRef: secret {secret} "
+                f"version {version} was not found, or the service account may not access it."
+            )
+        return versions[number - 1]
 
     # -- services ------------------------------------------------------------------------
     def _find_service(self, name: str) -> dict:
@@ -333,6 +449,13 @@ class FakeCloudRun:
 
     def _get_service(self, parent, data, query, s) -> dict:
         return self._service_json(self._find_service(f"{parent}/services/{s}"))
+
+    def _get_iam_policy(self, parent, data, query, s) -> dict:
+        svc = self._find_service(f"{parent}/services/{s}")
+        if svc["name"] in self.private_services:
+            return {"version": 1, "etag": "BwYp"}
+        invokers = {"role": "roles/run.invoker", "members": ["allUsers"]}
+        return {"version": 1, "etag": "BwYq", "bindings": [invokers]}
 
     def _create_service(self, parent, data, query) -> dict:
         service_id = query.get("serviceId", "")
@@ -386,6 +509,12 @@ class FakeCloudRun:
         name = template.get("revision") or f"{short}-{generation:05d}-{secrets.token_hex(2)}"
         if not name.startswith(short + "-"):
             raise ApiError(400, f"Revision name must start with '{short}-', got '{name}'.")
+        if len(name) > 63 or not RFC1035.fullmatch(name):
+            raise ApiError(
+                400,
+                f"template.revision: '{name}' must be 1-63 lowercase letters, digits or "
+                "hyphens, start with a letter and not end with a hyphen.",
+            )
         if f"{svc['name']}/revisions/{name}" in self.revisions:
             raise ApiError(409, f"Revision named '{name}' with different configuration exists.")
         return Revision(name, svc["name"], template, generation)
@@ -396,6 +525,22 @@ class FakeCloudRun:
         tags = [t["tag"] for t in traffic if t.get("tag")]
         if len(tags) != len(set(tags)):
             raise ApiError(400, f"Traffic tags must be unique, got {tags}.")
+        short = svc["name"].rsplit("/", 1)[-1]
+        for tag in tags:
+            if len(tag) < TAG_MIN or not RFC1035.fullmatch(tag):
+                raise ApiError(
+                    400,
+                    f"spec.traffic.tag: traffic tag '{tag}' must be at least {TAG_MIN} "
+                    "lowercase letters, digits or hyphens, start with a letter and not end "
+                    "with a hyphen.",
+                )
+            if len(tag) + len(short) > TAG_AND_SERVICE_MAX:
+                raise ApiError(
+                    400,
+                    f"spec.traffic.tag: traffic tag '{tag}' and service name '{short}' together "
+                    "are too long. Combined traffic tag and service name cannot exceed "
+                    f"{TAG_AND_SERVICE_MAX} characters.",
+                )
         for target in traffic:
             if int(target.get("type", 0)) == REVISION:
                 name = target.get("revision", "")
@@ -426,7 +571,7 @@ class FakeCloudRun:
                 else:
                     svc["traffic"] = previous_traffic  # a failed rollout moves no traffic
                     self._stop_unroutable(svc)
-                    return self._fail(operation, 9, new_revision.message)
+                    return self._fail(operation, new_revision.error_code, new_revision.message)
         with self.lock:
             waiting = [r for r in self._routable(svc) if not r.instances]
         for rev in waiting:  # a revision taking traffic again starts again
@@ -462,12 +607,17 @@ class FakeCloudRun:
                         "K_REVISION": rev.name,
                     },
                     {f"{LABEL}.revision": rev.name},
+                    rev.service,
                     name=f"fakerun-{rev.name}-{index}-{self.instance_id}",
                 )
                 rev.instances.append(Instance(handle, port))
             ready, message = self._probe(rev, container.get("startupProbe") or {})
         except docker.errors.DockerException as exc:
             ready, message = False, f"Revision '{rev.name}' failed to start: {exc}"
+            rev.error_code = 9
+        except SecretUnavailable as exc:
+            ready, message = False, f"Revision '{rev.name}' is not ready: {exc}"
+            rev.error_code = 9
         with self.lock:
             rev.state, rev.message = (SUCCEEDED, "") if ready else (FAILED, message)
         if not ready:
@@ -615,9 +765,15 @@ class FakeCloudRun:
         threading.Thread(target=self._execute, args=(execution, operation), daemon=True).start()
         return operation
 
-    def _run_container(self, container: dict, extra_env: dict, labels: dict, name=None):
-        """Run a Cloud Run container spec as a real container on the local engine."""
-        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    def _run_container(
+        self, container: dict, extra_env: dict, labels: dict, parent: str, name=None
+    ):
+        """Run a Cloud Run container spec as a real container on the local engine, its
+        Secret Manager references resolved (`parent`: the service or job)."""
+        env = {}
+        for var in container.get("env", []):
+            ref = var.get("valueSource", {}).get("secretKeyRef")
+            env[var["name"]] = self._resolve_secret(parent, ref) if ref else var.get("value", "")
         return self.engine.containers.run(
             container["image"],
             command=container.get("args") or None,
@@ -636,7 +792,9 @@ class FakeCloudRun:
         execution["startTime"] = now()
         try:
             self._ensure_image(container["image"])
-            handle = self._run_container(container, {}, {f"{LABEL}.execution": execution["name"]})
+            labels = {f"{LABEL}.execution": execution["name"]}
+            job = execution["name"].split("/executions/")[0]
+            handle = self._run_container(container, {}, labels, job)
             try:
                 code = handle.wait(timeout=timeout)["StatusCode"]
                 message = f"The container exited with an exit code of {code}."
@@ -645,7 +803,7 @@ class FakeCloudRun:
                 code, message = 124, f"Task exceeded its timeout of {timeout:.0f}s."
             self.execution_logs[execution["name"]] = handle.logs().decode(errors="replace")
             handle.remove(force=True)
-        except docker.errors.DockerException as exc:
+        except (docker.errors.DockerException, SecretUnavailable) as exc:
             code, message = 1, f"The task could not start: {exc}"
         with self.lock:
             task_name = execution["name"].rsplit("/", 1)[-1] + "-task0"
@@ -703,6 +861,24 @@ class FakeCloudRun:
         return operation
 
     # -- routing -------------------------------------------------------------------------
+    def _invoker_refusal(self, header: str, svc: dict) -> tuple[int, str] | None:
+        """Why a request to a private service is refused (None: it may pass), as Cloud Run
+        answers: 403 without a token or for a caller without run.invoker, 401 for a token
+        that is not a valid identity token for the service's URL."""
+        if not header.startswith("Bearer "):
+            return 403, "Error: Forbidden. Your client does not have permission to get URL."
+        audience = f"{self.url}/_svc/{svc['name'].rsplit('/', 1)[-1]}"
+        try:
+            claims = jwt.decode(header[7:].strip(), certs=self.id_public, audience=audience)
+        except (ValueError, auth_exceptions.GoogleAuthError):
+            return (
+                401,
+                "Error: Unauthorized. Your client does not have permission to the requested URL.",
+            )
+        if not claims.get("authorized"):
+            return 403, "Error: Forbidden. Your client does not have permission to get URL."
+        return None
+
     def _proxy(self, req, parts, body: bytes) -> None:
         segments = parts.path.split("/", 4 if parts.path.startswith("/_tag/") else 3)
         with self.lock:
@@ -710,6 +886,11 @@ class FakeCloudRun:
                 svc = self._find_service(segments[2])
             except ApiError:
                 return self._reply(req, 404, b"no such service", "text/plain")
+            if svc["name"] in self.private_services:
+                refused = self._invoker_refusal(req.headers.get("Authorization", ""), svc)
+                self.invoker_tokens.append(refused is None)
+                if refused:
+                    return self._reply(req, refused[0], refused[1].encode(), "text/plain")
             if segments[1] == "_tag":
                 tag = segments[3]
                 targets = [t for t in svc["traffic"] if t.get("tag") == tag]
