@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import botocore.exceptions
 import httpx
 import pytest
 from prefect_aws import AwsClientParameters, AwsCredentials
@@ -313,6 +314,70 @@ def test_missing_service_or_cluster_is_a_configuration_error(stack, build_backen
     with pytest.raises(ConfigurationError, match="'web'"):
         stack.target(container_name="web").check()
     assert stack.revisions() == revisions
+
+
+def test_list_tasks_takes_started_by_alone_as_ecs_does(stack, build_backend):
+    """ECS refuses ListTasks with `startedBy` and any other filter: the rollout watch and the
+    worker check list tasks in ways ECS accepts."""
+    ecs = stack.fake.client("ecs")
+    with pytest.raises(botocore.exceptions.ClientError, match="cannot specify startedBy"):
+        ecs.list_tasks(
+            cluster=stack.settings.cluster, startedBy="ecs-svc/1", desiredStatus="STOPPED"
+        )
+    v1 = build_backend("ecs-v1")
+    target = stack.target()
+
+    target.scale_workers(v1, "ecs-v1", 1)
+
+    wait_until(lambda: target.workers_alive(v1, 1).ok, 30)
+    assert target.read_state().workers.replicas == 1
+
+
+@pytest.mark.faults
+def test_a_circuit_breaker_rollback_fails_the_rollout_at_once(stack, build_backend):
+    """With the deployment circuit breaker on (and its rollback), ECS fails the release's
+    deployment itself and starts a new PRIMARY deployment of the previous task definition:
+    the rollout fails then, naming the breaker, rather than waiting for that deployment's
+    tasks until the deadline."""
+    ecs = stack.fake.client("ecs")
+    cluster = stack.settings.cluster
+    breaker = {"enable": True, "rollback": True}
+    ecs.update_service(
+        cluster=cluster,
+        service="api",
+        deploymentConfiguration={
+            "minimumHealthyPercent": 0,
+            "maximumPercent": 100,
+            "deploymentCircuitBreaker": breaker,
+        },
+    )
+
+    def api_deployments() -> list[dict]:
+        return ecs.describe_services(cluster=cluster, services=["api"])["services"][0][
+            "deployments"
+        ]
+
+    wait_until(lambda: api_deployments()[0]["rolloutState"] == "COMPLETED", 60)
+    target = stack.target(failed_tasks_threshold=None)  # ECS's breaker judges the tasks
+    before = target.read_state()
+    unhealthy = build_backend("ecs-unhealthy", fail_health="1")
+
+    with pytest.raises(StepFailed, match="circuit breaker") as info:
+        target.deploy_api(unhealthy, "ecs-unhealthy")
+
+    assert "Task failed container health checks" in str(info.value)
+    assert "not done after" not in str(info.value)
+    assert target.read_state().api == before.api  # ECS put the previous revision back
+    failed = [d for d in api_deployments() if d["rolloutState"] == "FAILED"]
+    assert [d["taskDefinition"] for d in failed] in ([], [stack.revisions()[-1]])
+    wait_until(lambda: _served_version(stack) == "ecs-v1", 60)
+
+
+def _served_version(stack: Stack) -> str | None:
+    try:
+        return stack.health()["version"]
+    except (AssertionError, httpx.HTTPError):
+        return None
 
 
 def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push(
