@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
+from prefect_aws.secrets_manager import AwsSecret
 from prefect_docker import DockerRegistryCredentials
 from pydantic import Field
 
@@ -72,12 +73,15 @@ def connect(
     container_env: dict[str, str],
     plain_env: dict[str, str] | None = None,
     processes: Processes | None = None,
+    secrets: dict[str, str] | None = None,
 ):
     """The ECS adapter for an environment. `container_env` (plain variables and the database
     URL) only fills gaps in one-off tasks' environment. `plain_env` (the env file and `env`,
     never secrets) is set in the services' revisions a release registers, and `processes`
     gives their commands (the API's only when the application spec sets one); the task
-    definitions keep everything else: their secrets, ports, health check and logging."""
+    definitions keep everything else: their secrets, ports, health check and logging.
+    `secrets` (name -> ARN, from `secret_references`) become `secrets` references of every
+    revision a release registers."""
     creds = settings.aws_credentials
     return EcsTarget(
         _client(creds, "ecs"),
@@ -95,9 +99,73 @@ def connect(
         logs=_client(creds, "logs") if settings.read_task_logs else None,
         oneoff_env={**container_env, "APP_ENVIRONMENT": environment_name},
         env=plain_env,
+        secrets=secrets,
         api_command=processes.api_command if processes else None,
         worker_command=processes.worker_command if processes else None,
     )
+
+
+def secret_references(references: dict[str, str]) -> dict[str, str]:
+    """The ARN ECS reads each secret variable from ({name: ARN}), for {name: secret block
+    reference}: an AwsSecret block names a Secrets Manager secret, whose ARN its own
+    credentials look up (`describe_secret`). A secret that is missing, scheduled for
+    deletion, without a current value or not readable with the block's credentials is a
+    ConfigurationError before any change; a plain `Secret` block is refused before any block
+    is read (its value would sit in the task definition). No value is ever read."""
+    plain = sorted(n for n, ref in references.items() if ref.split("/", 1)[0] == "secret")
+    if plain:
+        raise ConfigurationError(
+            f"{', '.join(plain)}: a plain Secret block cannot feed an ECS secret variable (its "
+            "value would be stored in the task definitions, readable by anyone who may "
+            "describe them): store the value in AWS Secrets Manager, save an AwsSecret block "
+            "naming it (prefect-aws: AwsSecret(aws_credentials=..., secret_name=...)) and "
+            "reference that block as 'aws-secret/<block name>'"
+        )
+    return {name: _secret_arn(name, ref) for name, ref in references.items()}
+
+
+def _secret_arn(name: str, reference: str) -> str:
+    try:
+        block = Block.load(reference)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"the secret block {reference!r} for secret variable {name} cannot be loaded "
+            f"({exc}): save an AwsSecret block under that name, or fix the reference "
+            "('aws-secret/<block name>')"
+        ) from None
+    if not isinstance(block, AwsSecret):
+        raise ConfigurationError(
+            f"block {reference!r} for secret variable {name} is a {type(block).__name__}: an "
+            "ECS secret variable needs an AwsSecret block naming a Secrets Manager secret"
+        )
+    what = f"secret variable {name}: describe Secrets Manager secret {block.secret_name!r}"
+    client = _client(block.aws_credentials, "secretsmanager")
+    try:
+        secret = client.describe_secret(SecretId=block.secret_name)
+    except client.exceptions.ResourceNotFoundException:
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} "
+            f"(block {reference!r}) does not exist in this account and region: create it, or "
+            "fix the block's secret_name (and its credentials' region)"
+        ) from None
+    except (BotoCoreError, ClientError) as exc:
+        error = classify_aws_error(exc, what)
+        raise type(error)(f"{error} (block {reference!r})") from None
+    finally:
+        client.close()
+    if secret.get("DeletedDate"):
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} is "
+            "scheduled for deletion, and ECS cannot read it: restore it "
+            "(aws secretsmanager restore-secret) or reference another one"
+        )
+    stages = secret.get("VersionIdsToStages") or {}
+    if not any("AWSCURRENT" in labels for labels in stages.values()):
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} has no "
+            "current value for ECS to read: put one (aws secretsmanager put-secret-value)"
+        )
+    return secret["ARN"]
 
 
 def registry_credentials(

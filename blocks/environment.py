@@ -20,7 +20,7 @@ from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
 from blocks.docker_engine import engine_client
-from blocks.ecs import EcsSettings, confirm_pushed_image
+from blocks.ecs import EcsSettings, confirm_pushed_image, secret_references
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
 from blocks.secrets import secret_values
@@ -304,20 +304,20 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             processes=processes(env.application),
         )
     if env.target == "ecs":
-        if env.secrets:
-            names = ", ".join(sorted(env.secrets))
-            raise ConfigurationError(
-                f"ECS secret variables are not supported yet: {names} "
-                f"of environment {env.environment!r} would become plain task-definition values. "
-                "Give them to the services as `secrets` (valueFrom Secrets Manager or SSM) in "
-                "their task definitions and remove them from the environment's `secrets`"
-            )
+        # Secret variables reach the task definitions as references (valueFrom ARNs), never
+        # as values: the one-off tasks' environment holds only plain ones.
+        references = secret_references(env.secrets)
         return connect_ecs(
             _settings(env, "ecs"),
             env.environment,
-            container_env(env),
+            {
+                **env_file_values(env),
+                **env.env,
+                **env.database_variables().environment(env.database_url_value()),
+            },
             plain_env={**env_file_values(env), **env.env},
             processes=processes(env.application),
+            secrets=references,
         )
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 

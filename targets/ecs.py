@@ -1,6 +1,7 @@
 """AWS ECS target: the API and the workers are two ECS services of one task-definition family
 shape; a release registers a clone of a service's task definition with the image and the
-version label changed (and the application spec's plain variables and command set: secrets,
+version label changed (and the application spec's plain variables and command set, and the
+environment's secret variables as `secrets` references to Secrets Manager; other secrets,
 ports, health check and logging stay the task definition's), points the service at it and
 watches the rollout itself.
 
@@ -145,6 +146,7 @@ class EcsTarget:
         logs=None,
         oneoff_env: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
         api_command: tuple[str, ...] | None = None,
         worker_command: tuple[str, ...] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -154,7 +156,10 @@ class EcsTarget:
         environment of one-off tasks for names the task definition does not define itself.
         `env` (plain values only: the environment's env file and `env`) is set in the
         container of every revision a release registers for the API and the workers,
-        replacing variables of the same name; `api_command` / `worker_command` (None: the
+        replacing variables of the same name; `secrets` (name -> Secrets Manager or SSM
+        parameter ARN) become the container's `secrets` (valueFrom) in every revision a
+        release registers, the one-off tasks' included: ECS reads the values when a task
+        starts, and no value is ever written here; `api_command` / `worker_command` (None: the
         task definition's own) become the container's `command`. Everything else, secrets
         included, stays as the services' task definitions have it."""
         self.ecs = ecs
@@ -168,6 +173,7 @@ class EcsTarget:
         self.rollout = rollout or RolloutPolicy()
         self.oneoff_env = dict(oneoff_env or {})
         self.env = dict(env or {})
+        self.secrets = dict(secrets or {})
         self.api_command = api_command
         self.worker_command = worker_command
         self._sleep = sleep
@@ -264,7 +270,7 @@ class EcsTarget:
         current = self._container(
             self._task_definition(service["taskDefinition"]), self.api_service
         )
-        secrets = {s["name"] for s in current.get("secrets", [])} & set(env)
+        secrets = ({s["name"] for s in current.get("secrets", [])} | set(self.secrets)) & set(env)
         revision = self._revision_with(
             service["taskDefinition"], image, version=None, unset=frozenset(secrets)
         )
@@ -379,6 +385,7 @@ class EcsTarget:
             container = dict(container)
             if container["name"] == self.container_name:
                 container["image"] = image
+                container = self._with_secrets(container)
                 for key in ("environment", "secrets"):
                     if key in container:
                         container[key] = [e for e in container[key] if e["name"] not in unset]
@@ -398,6 +405,26 @@ class EcsTarget:
             containers.append(container)
         clone["containerDefinitions"] = containers
         return clone
+
+    def _with_secrets(self, container: dict) -> dict:
+        """The container with the `secrets` references set (a name keeps its place when the
+        task definition has it; new ones follow) and no plain variable of the same name."""
+        if not self.secrets:
+            return container
+        if "environment" in container:
+            container["environment"] = [
+                e for e in container["environment"] if e["name"] not in self.secrets
+            ]
+        secrets = [
+            {"name": s["name"], "valueFrom": self.secrets.get(s["name"], s["valueFrom"])}
+            for s in container.get("secrets", [])
+        ]
+        defined = {s["name"] for s in secrets}
+        secrets += [
+            {"name": k, "valueFrom": v} for k, v in self.secrets.items() if k not in defined
+        ]
+        container["secrets"] = secrets
+        return container
 
     def _with_env_and_command(self, container: dict, command: tuple[str, ...] | None) -> dict:
         """The container with the plain `env` set (a variable keeps its place when the task

@@ -14,6 +14,7 @@ import botocore.exceptions
 import httpx
 import pytest
 from prefect_aws import AwsClientParameters, AwsCredentials
+from prefect_aws.secrets_manager import AwsSecret
 
 from blocks.application import Api, ApplicationSpec, Database, Worker
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
@@ -30,7 +31,7 @@ from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
 from tests.conftest import backend_context
 from tests.fakes.ecs import REGION, FakeEcs
-from tests.releases import refused, release_from, schema, task_run_counts
+from tests.releases import logged, refused, release_from, schema, task_run_counts
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker, pytest.mark.xdist_group("ecs")]
 
@@ -655,7 +656,7 @@ def test_a_plain_variable_the_task_definition_holds_as_a_secret_is_refused(
 
 
 @pytest.mark.appspec
-def test_secret_variables_on_ecs_are_refused_before_any_change(make_env, database):
+def test_a_plain_secret_block_on_ecs_is_refused_before_any_change(make_env, database):
     """No fake needed: the refusal comes before any AWS call (the endpoint is a closed
     loopback port) and before the secret blocks, which do not even exist, are read."""
     settings = EcsSettings(
@@ -676,12 +677,104 @@ def test_secret_variables_on_ecs_are_refused_before_any_change(make_env, databas
     env.save(env.environment, overwrite=True)
 
     with refused(
-        ConfigurationError,
-        match="ECS secret variables are not supported yet: AUTH0_SECRET_KEY, JWT_SECRET_KEY",
+        ConfigurationError, match="AUTH0_SECRET_KEY, JWT_SECRET_KEY: a plain Secret block"
     ) as info:
         release(env.environment, version="never")
 
-    assert "task definitions" in str(info.value)  # the fix: valueFrom secrets there
+    assert "'aws-secret/<block name>'" in str(info.value)  # the fix: an AwsSecret block
     assert in_flight(env.environment) is None
     with Ledger(env.database_url_value()) as ledger:
         assert ledger.history(env.environment) == []
+
+
+def _aws_secret(stack: Stack, secret_name: str, value: str | None) -> str:
+    """A Secrets Manager secret (no value: None) and an AwsSecret block naming it, as a user
+    sets them up; returns the block's reference."""
+    client = stack.fake.client("secretsmanager")
+    if value is None:
+        client.create_secret(Name=secret_name)
+    else:
+        client.create_secret(Name=secret_name, SecretString=value)
+    block = f"{stack.settings.cluster}-{secret_name.rsplit('/', 1)[-1]}"
+    AwsSecret(aws_credentials=stack.fake.credentials(), secret_name=secret_name).save(
+        block, overwrite=True
+    )
+    return f"aws-secret/{block}"
+
+
+@pytest.mark.appspec
+def test_secret_variables_reach_the_containers_as_secrets_manager_references(
+    ecs_environment, stack, tmp_path
+):
+    value = f"jwt-{uuid.uuid4().hex}"
+    reference = _aws_secret(stack, f"{stack.settings.cluster}/jwt", value)
+    arn = stack.fake.client("secretsmanager").describe_secret(
+        SecretId=f"{stack.settings.cluster}/jwt"
+    )["ARN"]
+    env = ecs_environment(secrets={"JWT_SECRET_KEY": reference})
+    first = stack.revisions()[0]
+
+    result = release_from(env, tmp_path, "ecs-secret-v1")
+
+    assert result["outcome"] == "released"
+    state = stack.target().read_state()
+    # The services' revisions and the one-off ones (SQL rendering, rehearsal, migration).
+    registered = [r for r in stack.revisions() if r != first] + [state.workers.revision]
+    assert len(registered) >= 4
+    for revision in registered:
+        definition = stack.task_definition(revision)
+        container = definition["containerDefinitions"][0]
+        assert {"name": "JWT_SECRET_KEY", "valueFrom": arn} in container["secrets"]
+        assert "JWT_SECRET_KEY" not in {e["name"] for e in container.get("environment", [])}
+        assert value not in repr(definition)
+    for revision in (state.api.revision, state.workers.revision):
+        wait_until(lambda revision=revision: _containers(stack, revision), 30)
+        [container] = _containers(stack, revision)
+        assert _env_of(container)["JWT_SECRET_KEY"] == value
+    assert not logged(value, seconds=2)
+    with Ledger(env.database_url_value()) as ledger:
+        assert value not in repr(ledger.history(env.environment))
+
+
+@pytest.mark.appspec
+def test_a_missing_or_valueless_secret_fails_the_release_before_any_change(
+    ecs_environment, stack, tmp_path
+):
+    before, revisions = stack.target().read_state(), stack.revisions()
+    block = f"{stack.settings.cluster}-missing"
+    AwsSecret(aws_credentials=stack.fake.credentials(), secret_name="no-such-secret").save(
+        block, overwrite=True
+    )
+    missing = f"aws-secret/{block}"
+    valueless = _aws_secret(stack, f"{stack.settings.cluster}/empty", None)
+
+    for reference, why in ((missing, "does not exist"), (valueless, "has no current value")):
+        env = ecs_environment(secrets={"JWT_SECRET_KEY": reference})
+        with refused(ConfigurationError, match=f"secret variable JWT_SECRET_KEY: .*{why}"):
+            release_from(env, tmp_path, "ecs-secret-missing")
+
+    assert stack.revisions() == revisions
+    assert stack.target().read_state() == before
+
+
+def test_a_secret_reference_ecs_cannot_read_stops_the_task_before_it_runs(stack, build_backend):
+    """The agent reads `valueFrom` as ECS does: a wrong ARN stops the task before its
+    container runs; an SSM parameter's ARN works as a Secrets Manager one does."""
+    v1 = build_backend("ecs-v1")
+    wrong = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:no-such-secret-AbCdEf"
+    ssm = stack.fake.client("ssm")
+    parameter = f"/{stack.settings.cluster}/greeting"
+    ssm.put_parameter(Name=parameter, Value="from-ssm", Type="SecureString")
+    from_ssm = f"arn:aws:ssm:{REGION}:123456789012:parameter{parameter}"
+    show = ["python", "-c", "import os; print('greeting=' + os.environ['GREETING'])"]
+
+    def target(secrets: dict[str, str]) -> EcsTarget:
+        return connect(stack.settings, "ecs-test", {}, secrets=secrets)
+
+    failed = target({"GREETING": wrong}).run_oneoff(v1, show, {}, timeout=60)
+    ran = target({"GREETING": from_ssm}).run_oneoff(v1, show, {}, timeout=60)
+
+    assert failed.exit_code == 125  # never ran
+    assert "ResourceInitializationError" in failed.output and "no-such-secret" in failed.output
+    assert ran.exit_code == 0, ran.output
+    assert "greeting=from-ssm" in ran.output

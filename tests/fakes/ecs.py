@@ -4,11 +4,18 @@ moto stores ECS clusters, task definitions and services but runs nothing: `updat
 not create a deployment and no task ever starts. `FakeEcsAgent` is a small ECS agent + service
 scheduler working on moto's backend objects: for each service it runs the primary deployment's
 task definition as REAL containers on the local Docker engine (host network; image, command,
-environment and `secrets` resolved from Secrets Manager; the container `healthCheck` mapped to a
-Docker healthcheck), stops a task when its container exits or turns unhealthy (with ECS's stopped
-reasons and exit codes), keeps runningCount / deployments[] / rolloutState up to date, and runs
-`run_task` one-off tasks as real containers whose exit code becomes the container's exitCode.
-Output of containers with the awslogs driver is shipped to moto's CloudWatch Logs.
+environment and `secrets` resolved from Secrets Manager or SSM Parameter Store, a task whose
+secret cannot be read stopping before it runs, as ECS's ResourceInitializationError; the
+container `healthCheck` mapped to a Docker healthcheck), stops a task when its container exits
+or turns unhealthy (with ECS's stopped reasons and exit codes), keeps runningCount /
+deployments[] / rolloutState up to date (creating a service's new deployment as UpdateService
+returns, and running the deployment circuit breaker, rollback included, when the service
+enables it), and runs `run_task` one-off tasks as real containers whose exit code becomes the
+container's exitCode. Output of containers with the awslogs driver is shipped to moto's
+CloudWatch Logs.
+
+moto's ListTasks ignores `serviceName`, lists every status by default and takes `startedBy`
+with other filters; a WSGI layer answers as ECS does (InvalidParameterException for the last).
 
 Scheduling as ECS does with minimumHealthyPercent 0 / maximumPercent 100 (what host networking
 on one instance forces anyway): the old deployment's tasks stop before the new ones start.
@@ -393,6 +400,7 @@ class FakeEcsAgent(threading.Thread):
         self._stop_event = threading.Event()
         self.logs = fake.client("logs")
         self.secrets = fake.client("secretsmanager")
+        self.ssm = fake.client("ssm")
         ec2 = fake.client("ec2")
         image = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
         # The EC2 instance the local engine stands for, as a container instance of every cluster.
@@ -576,9 +584,20 @@ class FakeEcsAgent(threading.Thread):
         definition = run.definition
         env = {e["name"]: e["value"] for e in definition.get("environment", [])}
         for secret in definition.get("secrets", []):
-            env[secret["name"]] = self.secrets.get_secret_value(SecretId=secret["valueFrom"])[
-                "SecretString"
-            ]
+            try:
+                env[secret["name"]] = self._secret(secret["valueFrom"])
+            except botocore.exceptions.ClientError as exc:
+                error = exc.response["Error"]
+                store = "ssm" if ":ssm:" in secret["valueFrom"] else "asm"
+                self._stop_task(
+                    run,
+                    "ResourceInitializationError: unable to pull secrets or registry auth: "
+                    f"execution resource retrieval failed: unable to retrieve secret from "
+                    f"{store}: failed to fetch secret {secret['valueFrom']}: "
+                    f"{error['Code']}: {error.get('Message', '')}",
+                    exit_code=None,
+                )
+                return
         env.update({e["name"]: e["value"] for e in overrides.get("environment", [])})
         command = overrides.get("command") or definition.get("command")
         health = definition.get("healthCheck")
@@ -603,6 +622,16 @@ class FakeEcsAgent(threading.Thread):
         run.task.containers[0].last_status = "RUNNING"
         run.task.health_status = "UNKNOWN"
         run.task.containers[0].health_status = "UNKNOWN"
+
+    def _secret(self, value_from: str) -> str:
+        """What the agent puts in the container for a `secrets` entry: the Secrets Manager
+        secret's current string, or the SSM parameter's (decrypted) value."""
+        if value_from.startswith("arn:") and value_from.split(":")[2] == "ssm":
+            name = value_from.split(":parameter", 1)[1]
+            name = name if name.count("/") > 1 else name[1:]  # 'parameter/x' names 'x'
+            parameter = self.ssm.get_parameter(Name=name, WithDecryption=True)
+            return parameter["Parameter"]["Value"]
+        return self.secrets.get_secret_value(SecretId=value_from)["SecretString"]
 
     def _check(self, run: Run, deployment: dict | None) -> None:
         try:
