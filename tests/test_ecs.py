@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import botocore.exceptions
 import httpx
 import pytest
+from prefect.blocks.system import Secret
 from prefect_aws import AwsClientParameters, AwsCredentials
 from prefect_aws.secrets_manager import AwsSecret
 
@@ -29,9 +30,11 @@ from targets.errors import AuthenticationError, ConfigurationError, StepFailed, 
 from targets.registry import login, push_image, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
+from tests.backend import monorepo_context
 from tests.conftest import backend_context
 from tests.fakes.ecs import REGION, FakeEcs
 from tests.releases import logged, refused, release_from, schema, task_run_counts
+from tests.test_appspec import RUNTIME_SECRETS, monorepo_spec
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker, pytest.mark.xdist_group("ecs")]
 
@@ -778,3 +781,91 @@ def test_a_secret_reference_ecs_cannot_read_stops_the_task_before_it_runs(stack,
     assert "ResourceInitializationError" in failed.output and "no-such-secret" in failed.output
     assert ran.exit_code == 0, ran.output
     assert "greeting=from-ssm" in ran.output
+
+
+# -- the monorepo example on ECS ------------------------------------------------------------------
+@pytest.mark.appspec
+@pytest.mark.migrations
+def test_monorepo_on_ecs_each_role_from_its_own_stage_its_secrets_references(
+    stack, ecs_environment, engine, pg, build_backend, tmp_path
+):
+    """The monorepo backend (a stage per role, secrets it refuses to start without, its
+    database as SQLALCHEMY_DATABASE_URL) released twice on ECS: the API service, the worker
+    service and the migration task each run their own stage's image, and the secrets reach
+    the containers from Secrets Manager, never as plain values."""
+    cluster, ecs = stack.settings.cluster, stack.fake.client("ecs")
+    values = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in RUNTIME_SECRETS}
+    secrets = {
+        name: _aws_secret(stack, f"{cluster}/{name.lower().replace('_', '-')}", v)
+        for name, v in values.items()
+    }
+    Secret(value=f"token-{uuid.uuid4().hex}").save(f"{cluster}-token", overwrite=True)
+    # The services' task definitions as written for this backend: the database secret under
+    # the name it reads, the stage's own command for the workers; the API runs (an earlier
+    # backend reading that name) and a release keeps its count.
+    earlier = build_backend("ecs-iso", reads_database="sqlalchemy-url")
+    for service, count in (("api", 1), ("worker", 0)):
+        current = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
+        definition = stack.task_definition(current["taskDefinition"])
+        [container] = definition["containerDefinitions"]
+        container["secrets"] = [
+            {**s, "name": "SQLALCHEMY_DATABASE_URL"} for s in container["secrets"]
+        ]
+        container.pop("command", None)
+        container["image"] = earlier
+        fields = ("family", "networkMode", "requiresCompatibilities", "executionRoleArn", "cpu")
+        revision = ecs.register_task_definition(
+            containerDefinitions=[container], memory="512", **{k: definition[k] for k in fields}
+        )["taskDefinition"]["taskDefinitionArn"]
+        ecs.update_service(
+            cluster=cluster, service=service, taskDefinition=revision, desiredCount=count
+        )
+    wait_until(lambda: _served_version(stack) == "ecs-iso", 60)
+    port = stack.settings.api_url.rsplit(":", 1)[1]
+    spec = monorepo_spec(token=f"secret/{cluster}-token")
+    # On the agent's host network the API binds a loopback port, not gunicorn.conf's 0.0.0.0:8080.
+    spec.api = Api(
+        port=int(port),
+        port_variable=None,
+        command=[
+            "gunicorn",
+            "-c",
+            "/app/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "rhesis.backend.app.main:app",
+        ],
+    )
+    env = ecs_environment(application=spec, secrets=secrets, worker_count=1)
+
+    first = release(env.environment, source=str(monorepo_context(tmp_path, "0003")), version="m1")
+
+    assert (first["outcome"], schema(pg, stack.database)) == ("released", "0003")
+    assert stack.health() == {"status": "ok"}
+    images = first["images"]
+    stages = {role: engine.images.get(images[role]).labels["io.example.stage"] for role in images}
+    assert stages == {"api": "backend", "worker": "worker", "migrate": "migrate"}
+    state = stack.target().read_state()
+    assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
+    oneoffs = [stack.task_definition(r) for r in stack.revisions() if r != state.api.revision]
+    assert images["migrate"] in {d["containerDefinitions"][0]["image"] for d in oneoffs}
+    for revision in (state.api.revision, state.workers.revision):
+        wait_until(lambda revision=revision: _containers(stack, revision), 30)
+        [container] = _containers(stack, revision)
+        running_env = _env_of(container)
+        assert all(running_env[name] == value for name, value in values.items())
+
+    second = release(env.environment, source=str(monorepo_context(tmp_path, "0004")), version="m2")
+
+    assert (second["outcome"], schema(pg, stack.database)) == ("released", "0004")
+    assert second["images"]["api"] != images["api"]
+    assert stack.target().read_state().workers.image == second["images"]["worker"]
+    registered = stack.revisions() + [stack.target().read_state().workers.revision]
+    for revision in registered[1:]:
+        definition = stack.task_definition(revision)
+        plain = {e["name"] for e in definition["containerDefinitions"][0].get("environment", [])}
+        assert not plain & set(RUNTIME_SECRETS)
+        assert not [name for name, value in values.items() if value in repr(definition)]
+    with Ledger(env.database_url_value()) as ledger:
+        rows = repr(ledger.history(env.environment))
+    assert not [name for name, value in values.items() if value in rows or logged(value, seconds=1)]
