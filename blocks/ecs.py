@@ -5,6 +5,7 @@ and the pushed digest confirmed with `describe_images`.
 """
 
 import base64
+import re
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -18,6 +19,9 @@ from targets.base import Processes
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget, RolloutPolicy, classify_aws_error
 from targets.errors import ConfigurationError, StepFailed
 from targets.images import parse_image_reference
+
+# An SSM parameter, as a secret variable's reference: ECS reads it as a task-definition secret.
+SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_.\-/]+$")
 
 
 class EcsSettings(Block):
@@ -105,13 +109,15 @@ def connect(
     )
 
 
-def secret_references(references: dict[str, str]) -> dict[str, str]:
-    """The ARN ECS reads each secret variable from ({name: ARN}), for {name: secret block
-    reference}: an AwsSecret block names a Secrets Manager secret, whose ARN its own
-    credentials look up (`describe_secret`). A secret that is missing, scheduled for
-    deletion, without a current value or not readable with the block's credentials is a
-    ConfigurationError before any change; a plain `Secret` block is refused before any block
-    is read (its value would sit in the task definition). No value is ever read."""
+def secret_references(settings: EcsSettings, references: dict[str, str]) -> dict[str, str]:
+    """The ARN ECS reads each secret variable from ({name: ARN}), for {name: reference}: an
+    AwsSecret block ('aws-secret/<block>') names a Secrets Manager secret, whose ARN its own
+    credentials look up (`describe_secret`); an SSM parameter ARN is taken as it is, once
+    the settings' credentials find the parameter (`describe_parameters`). A secret that is
+    missing, scheduled for deletion, without a current value or not readable with the
+    credentials is a ConfigurationError before any change; a plain `Secret` block is refused
+    before any block is read (its value would sit in the task definition). No value is ever
+    read."""
     plain = sorted(n for n, ref in references.items() if ref.split("/", 1)[0] == "secret")
     if plain:
         raise ConfigurationError(
@@ -121,7 +127,31 @@ def secret_references(references: dict[str, str]) -> dict[str, str]:
             "naming it (prefect-aws: AwsSecret(aws_credentials=..., secret_name=...)) and "
             "reference that block as 'aws-secret/<block name>'"
         )
-    return {name: _secret_arn(name, ref) for name, ref in references.items()}
+    return {
+        name: _ssm_arn(settings, name, ref) if SSM_ARN.match(ref) else _secret_arn(name, ref)
+        for name, ref in references.items()
+    }
+
+
+def _ssm_arn(settings: EcsSettings, name: str, arn: str) -> str:
+    parameter = arn.split(":parameter", 1)[1]
+    parameter = parameter if parameter.count("/") > 1 else parameter[1:]  # 'parameter/x': 'x'
+    client = _client(settings.aws_credentials, "ssm")
+    try:
+        found = client.describe_parameters(
+            ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [parameter]}]
+        )["Parameters"]
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_aws_error(exc, f"secret variable {name}: describe SSM parameter") from None
+    finally:
+        client.close()
+    if not found:
+        raise ConfigurationError(
+            f"secret variable {name}: the SSM parameter {parameter!r} ({arn}) does not exist "
+            "for the ECS settings' credentials: create it (aws ssm put-parameter --type "
+            "SecureString) or fix the ARN"
+        )
+    return arn
 
 
 def _secret_arn(name: str, reference: str) -> str:

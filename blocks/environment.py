@@ -20,7 +20,7 @@ from blocks.cloud_run import CloudRunSettings
 from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
 from blocks.docker_engine import engine_client
-from blocks.ecs import EcsSettings, confirm_pushed_image, secret_references
+from blocks.ecs import SSM_ARN, EcsSettings, confirm_pushed_image, secret_references
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
 from blocks.secrets import secret_values
@@ -203,10 +203,13 @@ class ReleaseEnvironment(Block):
     def _valid_secrets(cls, value: dict[str, str]) -> dict[str, str]:
         check_variable_names(list(value), "secrets")
         for name, reference in value.items():
-            if not re.match(r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$", reference):
+            if not re.match(r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$", reference) and not SSM_ARN.match(
+                reference
+            ):
                 raise ValueError(
                     f"secrets[{name!r}]: {reference!r} must name a secret block as "
-                    "'<block-type-slug>/<name>', e.g. 'secret/rhesis-jwt-secret-key'"
+                    "'<block-type-slug>/<name>', e.g. 'secret/rhesis-jwt-secret-key' (or, on "
+                    "ECS, an SSM parameter by its ARN)"
                 )
         return value
 
@@ -306,9 +309,10 @@ def connect_target(env: ReleaseEnvironment) -> Target:
     if env.target == "ecs":
         # Secret variables reach the task definitions as references (valueFrom ARNs), never
         # as values: the one-off tasks' environment holds only plain ones.
-        references = secret_references(env.secrets)
+        settings = _settings(env, "ecs")
+        references = secret_references(settings, env.secrets)
         return connect_ecs(
-            _settings(env, "ecs"),
+            settings,
             env.environment,
             {
                 **env_file_values(env),

@@ -714,7 +714,11 @@ def test_secret_variables_reach_the_containers_as_secrets_manager_references(
     arn = stack.fake.client("secretsmanager").describe_secret(
         SecretId=f"{stack.settings.cluster}/jwt"
     )["ARN"]
-    env = ecs_environment(secrets={"JWT_SECRET_KEY": reference})
+    greeting = f"greeting-{uuid.uuid4().hex}"
+    parameter = f"/{stack.settings.cluster}/greeting"
+    stack.fake.client("ssm").put_parameter(Name=parameter, Value=greeting, Type="SecureString")
+    from_ssm = f"arn:aws:ssm:{REGION}:123456789012:parameter{parameter}"
+    env = ecs_environment(secrets={"JWT_SECRET_KEY": reference, "GREETING": from_ssm})
     first = stack.revisions()[0]
 
     result = release_from(env, tmp_path, "ecs-secret-v1")
@@ -728,15 +732,19 @@ def test_secret_variables_reach_the_containers_as_secrets_manager_references(
         definition = stack.task_definition(revision)
         container = definition["containerDefinitions"][0]
         assert {"name": "JWT_SECRET_KEY", "valueFrom": arn} in container["secrets"]
-        assert "JWT_SECRET_KEY" not in {e["name"] for e in container.get("environment", [])}
-        assert value not in repr(definition)
+        assert {"name": "GREETING", "valueFrom": from_ssm} in container["secrets"]
+        plain = {e["name"] for e in container.get("environment", [])}
+        assert not plain & {"JWT_SECRET_KEY", "GREETING"}
+        assert value not in repr(definition) and greeting not in repr(definition)
     for revision in (state.api.revision, state.workers.revision):
         wait_until(lambda revision=revision: _containers(stack, revision), 30)
         [container] = _containers(stack, revision)
-        assert _env_of(container)["JWT_SECRET_KEY"] == value
-    assert not logged(value, seconds=2)
+        running_env = _env_of(container)
+        assert (running_env["JWT_SECRET_KEY"], running_env["GREETING"]) == (value, greeting)
+    assert not logged(value, seconds=2) and not logged(greeting, seconds=1)
     with Ledger(env.database_url_value()) as ledger:
-        assert value not in repr(ledger.history(env.environment))
+        rows = repr(ledger.history(env.environment))
+    assert value not in rows and greeting not in rows
 
 
 @pytest.mark.appspec
@@ -751,7 +759,12 @@ def test_a_missing_or_valueless_secret_fails_the_release_before_any_change(
     missing = f"aws-secret/{block}"
     valueless = _aws_secret(stack, f"{stack.settings.cluster}/empty", None)
 
-    for reference, why in ((missing, "does not exist"), (valueless, "has no current value")):
+    no_parameter = f"arn:aws:ssm:{REGION}:123456789012:parameter/{stack.settings.cluster}/nope"
+    for reference, why in (
+        (missing, "does not exist"),
+        (valueless, "has no current value"),
+        (no_parameter, "SSM parameter .* does not exist"),
+    ):
         env = ecs_environment(secrets={"JWT_SECRET_KEY": reference})
         with refused(ConfigurationError, match=f"secret variable JWT_SECRET_KEY: .*{why}"):
             release_from(env, tmp_path, "ecs-secret-missing")
@@ -869,3 +882,12 @@ def test_monorepo_on_ecs_each_role_from_its_own_stage_its_secrets_references(
     with Ledger(env.database_url_value()) as ledger:
         rows = repr(ledger.history(env.environment))
     assert not [name for name, value in values.items() if value in rows or logged(value, seconds=1)]
+
+
+@pytest.mark.appspec
+def test_an_ssm_parameter_arn_is_refused_on_a_target_that_cannot_read_it(make_env, database):
+    arn = f"arn:aws:ssm:{REGION}:123456789012:parameter/app/greeting"
+    env = make_env(database, secrets={"GREETING": arn})  # a Docker-host environment
+
+    with pytest.raises(ConfigurationError, match="GREETING: .* only ECS reads"):
+        connect_target(env)
