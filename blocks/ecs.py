@@ -62,7 +62,8 @@ class EcsSettings(Block):
         default=None,
         ge=1,
         description="Stopped tasks of a new deployment that fail its rollout. Empty: ECS's "
-        "circuit-breaker rule (half the desired count, at least 3, at most 200).",
+        "circuit-breaker rule (half the desired count, at least 3, at most 200), left to ECS "
+        "itself when the service enables its deployment circuit breaker.",
     )
     read_task_logs: bool = Field(
         default=True,
