@@ -556,7 +556,9 @@ class EcsTarget:
             ours = next((d for d in deployments if d.get("taskDefinition") == rollout.revision), {})
         failures = [
             t
-            for t in self._stopped_tasks(name, ours.get("id"), rollout.revision)
+            for t in self._stopped_tasks(
+                name, ours.get("id") or rollout.deployment_id, rollout.revision
+            )
             if not (t.get("stoppedReason") or "").startswith(_SCALE_IN)
         ]
         if ours.get("rolloutState") == "FAILED":
