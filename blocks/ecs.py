@@ -5,11 +5,13 @@ and the pushed digest confirmed with `describe_images`.
 """
 
 import base64
+import re
 from urllib.parse import urlparse
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.blocks.core import Block
 from prefect_aws import AwsCredentials
+from prefect_aws.secrets_manager import AwsSecret
 from prefect_docker import DockerRegistryCredentials
 from pydantic import Field
 
@@ -17,6 +19,9 @@ from targets.base import Processes
 from targets.ecs import DEFAULT_VERSION_LABEL, EcsTarget, RolloutPolicy, classify_aws_error
 from targets.errors import ConfigurationError, StepFailed
 from targets.images import parse_image_reference
+
+# An SSM parameter, as a secret variable's reference: ECS reads it as a task-definition secret.
+SSM_ARN = re.compile(r"^arn:aws[a-z-]*:ssm:[a-z0-9-]+:[0-9]{12}:parameter/[A-Za-z0-9_.\-/]+$")
 
 
 class EcsSettings(Block):
@@ -57,7 +62,8 @@ class EcsSettings(Block):
         default=None,
         ge=1,
         description="Stopped tasks of a new deployment that fail its rollout. Empty: ECS's "
-        "circuit-breaker rule (half the desired count, at least 3, at most 200).",
+        "circuit-breaker rule (half the desired count, at least 3, at most 200), left to ECS "
+        "itself when the service enables its deployment circuit breaker.",
     )
     read_task_logs: bool = Field(
         default=True,
@@ -72,12 +78,15 @@ def connect(
     container_env: dict[str, str],
     plain_env: dict[str, str] | None = None,
     processes: Processes | None = None,
+    secrets: dict[str, str] | None = None,
 ):
     """The ECS adapter for an environment. `container_env` (plain variables and the database
     URL) only fills gaps in one-off tasks' environment. `plain_env` (the env file and `env`,
     never secrets) is set in the services' revisions a release registers, and `processes`
     gives their commands (the API's only when the application spec sets one); the task
-    definitions keep everything else: their secrets, ports, health check and logging."""
+    definitions keep everything else: their secrets, ports, health check and logging.
+    `secrets` (name -> ARN, from `secret_references`) become `secrets` references of every
+    revision a release registers."""
     creds = settings.aws_credentials
     return EcsTarget(
         _client(creds, "ecs"),
@@ -95,9 +104,99 @@ def connect(
         logs=_client(creds, "logs") if settings.read_task_logs else None,
         oneoff_env={**container_env, "APP_ENVIRONMENT": environment_name},
         env=plain_env,
+        secrets=secrets,
         api_command=processes.api_command if processes else None,
         worker_command=processes.worker_command if processes else None,
     )
+
+
+def secret_references(settings: EcsSettings, references: dict[str, str]) -> dict[str, str]:
+    """The ARN ECS reads each secret variable from ({name: ARN}), for {name: reference}: an
+    AwsSecret block ('aws-secret/<block>') names a Secrets Manager secret, whose ARN its own
+    credentials look up (`describe_secret`); an SSM parameter ARN is taken as it is, once
+    the settings' credentials find the parameter (`describe_parameters`). A secret that is
+    missing, scheduled for deletion, without a current value or not readable with the
+    credentials is a ConfigurationError before any change; a plain `Secret` block is refused
+    before any block is read (its value would sit in the task definition). No value is ever
+    read."""
+    plain = sorted(n for n, ref in references.items() if ref.split("/", 1)[0] == "secret")
+    if plain:
+        raise ConfigurationError(
+            f"{', '.join(plain)}: a plain Secret block cannot feed an ECS secret variable (its "
+            "value would be stored in the task definitions, readable by anyone who may "
+            "describe them): store the value in AWS Secrets Manager, save an AwsSecret block "
+            "naming it (prefect-aws: AwsSecret(aws_credentials=..., secret_name=...)) and "
+            "reference that block as 'aws-secret/<block name>'"
+        )
+    return {
+        name: _ssm_arn(settings, name, ref) if SSM_ARN.match(ref) else _secret_arn(name, ref)
+        for name, ref in references.items()
+    }
+
+
+def _ssm_arn(settings: EcsSettings, name: str, arn: str) -> str:
+    parameter = arn.split(":parameter", 1)[1]
+    parameter = parameter if parameter.count("/") > 1 else parameter[1:]  # 'parameter/x': 'x'
+    client = _client(settings.aws_credentials, "ssm")
+    try:
+        found = client.describe_parameters(
+            ParameterFilters=[{"Key": "Name", "Option": "Equals", "Values": [parameter]}]
+        )["Parameters"]
+    except (BotoCoreError, ClientError) as exc:
+        raise classify_aws_error(exc, f"secret variable {name}: describe SSM parameter") from None
+    finally:
+        client.close()
+    if not found:
+        raise ConfigurationError(
+            f"secret variable {name}: the SSM parameter {parameter!r} ({arn}) does not exist "
+            "for the ECS settings' credentials: create it (aws ssm put-parameter --type "
+            "SecureString) or fix the ARN"
+        )
+    return arn
+
+
+def _secret_arn(name: str, reference: str) -> str:
+    try:
+        block = Block.load(reference)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"the secret block {reference!r} for secret variable {name} cannot be loaded "
+            f"({exc}): save an AwsSecret block under that name, or fix the reference "
+            "('aws-secret/<block name>')"
+        ) from None
+    if not isinstance(block, AwsSecret):
+        raise ConfigurationError(
+            f"block {reference!r} for secret variable {name} is a {type(block).__name__}: an "
+            "ECS secret variable needs an AwsSecret block naming a Secrets Manager secret"
+        )
+    what = f"secret variable {name}: describe Secrets Manager secret {block.secret_name!r}"
+    client = _client(block.aws_credentials, "secretsmanager")
+    try:
+        secret = client.describe_secret(SecretId=block.secret_name)
+    except client.exceptions.ResourceNotFoundException:
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} "
+            f"(block {reference!r}) does not exist in this account and region: create it, or "
+            "fix the block's secret_name (and its credentials' region)"
+        ) from None
+    except (BotoCoreError, ClientError) as exc:
+        error = classify_aws_error(exc, what)
+        raise type(error)(f"{error} (block {reference!r})") from None
+    finally:
+        client.close()
+    if secret.get("DeletedDate"):
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} is "
+            "scheduled for deletion, and ECS cannot read it: restore it "
+            "(aws secretsmanager restore-secret) or reference another one"
+        )
+    stages = secret.get("VersionIdsToStages") or {}
+    if not any("AWSCURRENT" in labels for labels in stages.values()):
+        raise ConfigurationError(
+            f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} has no "
+            "current value for ECS to read: put one (aws secretsmanager put-secret-value)"
+        )
+    return secret["ARN"]
 
 
 def registry_credentials(

@@ -21,7 +21,7 @@ from blocks.cloud_run import connect as connect_cloud_run
 from blocks.cloud_run import registry_credentials as cloud_run_registry_credentials
 from blocks.cloud_run import secret_references as cloud_run_secret_references
 from blocks.docker_engine import engine_client
-from blocks.ecs import EcsSettings, confirm_pushed_image
+from blocks.ecs import SSM_ARN, EcsSettings, confirm_pushed_image, secret_references
 from blocks.ecs import connect as connect_ecs
 from blocks.ecs import registry_credentials as ecr_registry_credentials
 from blocks.secrets import secret_values
@@ -204,10 +204,13 @@ class ReleaseEnvironment(Block):
     def _valid_secrets(cls, value: dict[str, str]) -> dict[str, str]:
         check_variable_names(list(value), "secrets")
         for name, reference in value.items():
-            if not re.match(r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$", reference):
+            if not re.match(r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$", reference) and not SSM_ARN.match(
+                reference
+            ):
                 raise ValueError(
                     f"secrets[{name!r}]: {reference!r} must name a secret block as "
-                    "'<block-type-slug>/<name>', e.g. 'secret/rhesis-jwt-secret-key'"
+                    "'<block-type-slug>/<name>', e.g. 'secret/rhesis-jwt-secret-key' (or, on "
+                    "ECS, an SSM parameter by its ARN)"
                 )
         return value
 
@@ -297,20 +300,21 @@ def connect_target(env: ReleaseEnvironment) -> Target:
             secrets=references,
         )
     if env.target == "ecs":
-        if env.secrets:
-            names = ", ".join(sorted(env.secrets))
-            raise ConfigurationError(
-                f"ECS secret variables are not supported yet: {names} "
-                f"of environment {env.environment!r} would become plain task-definition values. "
-                "Give them to the services as `secrets` (valueFrom Secrets Manager or SSM) in "
-                "their task definitions and remove them from the environment's `secrets`"
-            )
+        # Secret variables reach the task definitions as references (valueFrom ARNs), never
+        # as values: the one-off tasks' environment holds only plain ones.
+        settings = _settings(env, "ecs")
+        references = secret_references(settings, env.secrets)
         return connect_ecs(
-            _settings(env, "ecs"),
+            settings,
             env.environment,
-            container_env(env),
+            {
+                **env_file_values(env),
+                **env.env,
+                **env.database_variables().environment(env.database_url_value()),
+            },
             plain_env={**env_file_values(env), **env.env},
             processes=processes(env.application),
+            secrets=references,
         )
     raise ConfigurationError(f"target {env.target!r} is not supported by this version")
 

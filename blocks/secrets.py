@@ -1,7 +1,8 @@
 """Secret values from Prefect blocks named '<block-type-slug>/<name>': a `Secret`
 ('secret/...'), or any secret-store block such as prefect-aws's `AwsSecret` or
 prefect-gcp's `GcpSecret`. A block that cannot be read is a clear error before anything
-changes; a value is never logged."""
+changes; a value is never logged. (An SSM parameter ARN is a reference only ECS reads: it is
+refused here.)"""
 
 from prefect.blocks.abstract import SecretBlock
 from prefect.blocks.core import Block
@@ -13,6 +14,11 @@ from targets.errors import ConfigurationError
 def secret_value(reference: str, used_for: str) -> str:
     """The value of the secret block `reference`, which `used_for` (e.g. 'variable
     AUTH0_SECRET_KEY') needs."""
+    if reference.startswith("arn:"):
+        raise ConfigurationError(
+            f"{used_for}: {reference!r} is an SSM parameter ARN, which only ECS reads (as a "
+            "task-definition secret): on this target name a secret block instead"
+        )
     try:
         block = Block.load(reference)
     except ValueError as exc:

@@ -1,15 +1,20 @@
 """AWS ECS target: the API and the workers are two ECS services of one task-definition family
 shape; a release registers a clone of a service's task definition with the image and the
-version label changed (and the application spec's plain variables and command set: secrets,
+version label changed (and the application spec's plain variables and command set, and the
+environment's secret variables as `secrets` references to Secrets Manager; other secrets,
 ports, health check and logging stay the task definition's), points the service at it and
 watches the rollout itself.
 
 The rollout is watched here rather than with boto3 waiters: waiters built from a session ignore
 a custom endpoint, and `services_stable` cannot see a failed rollout. A rollout is done when the
 primary deployment runs the new revision at the desired count and is the only deployment left;
-it failed when tasks of that deployment keep stopping (circuit-breaker threshold) or the deadline
-passes. botocore retries throttling and 5xx itself (with backoff and jitter); what still fails
-is raised as TransientError so the tasks layer can retry the step.
+it failed when tasks of that deployment keep stopping (our threshold; none of our own when the
+service's deployment circuit breaker is on and `failed_tasks_threshold` is unset), when ECS marks
+the deployment FAILED, when another task definition's deployment becomes PRIMARY (the breaker's
+rollback), or when the deadline passes. ListTasks takes `startedBy` only as its sole filter: a
+deployment's stopped tasks are the service's, picked by `startedBy`. botocore retries
+throttling and 5xx itself (with backoff and jitter); what still fails is raised as
+TransientError so the tasks layer can retry the step.
 """
 
 import time
@@ -141,6 +146,7 @@ class EcsTarget:
         logs=None,
         oneoff_env: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
         api_command: tuple[str, ...] | None = None,
         worker_command: tuple[str, ...] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -150,7 +156,10 @@ class EcsTarget:
         environment of one-off tasks for names the task definition does not define itself.
         `env` (plain values only: the environment's env file and `env`) is set in the
         container of every revision a release registers for the API and the workers,
-        replacing variables of the same name; `api_command` / `worker_command` (None: the
+        replacing variables of the same name; `secrets` (name -> Secrets Manager or SSM
+        parameter ARN) become the container's `secrets` (valueFrom) in every revision a
+        release registers, the one-off tasks' included: ECS reads the values when a task
+        starts, and no value is ever written here; `api_command` / `worker_command` (None: the
         task definition's own) become the container's `command`. Everything else, secrets
         included, stays as the services' task definitions have it."""
         self.ecs = ecs
@@ -164,6 +173,7 @@ class EcsTarget:
         self.rollout = rollout or RolloutPolicy()
         self.oneoff_env = dict(oneoff_env or {})
         self.env = dict(env or {})
+        self.secrets = dict(secrets or {})
         self.api_command = api_command
         self.worker_command = worker_command
         self._sleep = sleep
@@ -219,7 +229,7 @@ class EcsTarget:
         running_image = self._container(revision, self.worker_service).get("image")
         if running_image != image:
             return WorkerHealth(count, 0, f"workers run {running_image}, not {image}")
-        tasks = self._tasks(primary["id"], "RUNNING")
+        tasks = self._running_tasks(primary["id"])
         ready = [
             t
             for t in tasks
@@ -260,7 +270,7 @@ class EcsTarget:
         current = self._container(
             self._task_definition(service["taskDefinition"]), self.api_service
         )
-        secrets = {s["name"] for s in current.get("secrets", [])} & set(env)
+        secrets = ({s["name"] for s in current.get("secrets", [])} | set(self.secrets)) & set(env)
         revision = self._revision_with(
             service["taskDefinition"], image, version=None, unset=frozenset(secrets)
         )
@@ -375,6 +385,7 @@ class EcsTarget:
             container = dict(container)
             if container["name"] == self.container_name:
                 container["image"] = image
+                container = self._with_secrets(container)
                 for key in ("environment", "secrets"):
                     if key in container:
                         container[key] = [e for e in container[key] if e["name"] not in unset]
@@ -394,6 +405,26 @@ class EcsTarget:
             containers.append(container)
         clone["containerDefinitions"] = containers
         return clone
+
+    def _with_secrets(self, container: dict) -> dict:
+        """The container with the `secrets` references set (a name keeps its place when the
+        task definition has it; new ones follow) and no plain variable of the same name."""
+        if not self.secrets:
+            return container
+        if "environment" in container:
+            container["environment"] = [
+                e for e in container["environment"] if e["name"] not in self.secrets
+            ]
+        secrets = [
+            {"name": s["name"], "valueFrom": self.secrets.get(s["name"], s["valueFrom"])}
+            for s in container.get("secrets", [])
+        ]
+        defined = {s["name"] for s in secrets}
+        secrets += [
+            {"name": k, "valueFrom": v} for k, v in self.secrets.items() if k not in defined
+        ]
+        container["secrets"] = secrets
+        return container
 
     def _with_env_and_command(self, container: dict, command: tuple[str, ...] | None) -> dict:
         """The container with the plain `env` set (a variable keeps its place when the task
@@ -480,19 +511,24 @@ class EcsTarget:
     def _watch(self, name: str, revision: str, count: int) -> None:
         """Wait until `revision` runs `count` tasks as the only deployment of `name`."""
         deadline = self._clock() + self.rollout.deadline_seconds
-        threshold = self.rollout.threshold(count)
         status = "no answer yet"
+        rollout = _Rollout(revision)
         while True:
             try:
-                status, failures = self._rollout_status(name, revision, count)
+                status, failures = self._rollout_status(name, rollout, count)
             except TransientError as exc:  # one bad poll does not decide the rollout
                 status, failures = f"last poll failed: {exc}", []
             if status == "done":
                 return
-            if len(failures) >= threshold or status == "rollout FAILED":
+            if rollout.failed:
+                raise StepFailed(
+                    f"rollout of {revision} on service {name!r} failed: {rollout.failed}; "
+                    f"{len(failures)} tasks stopped: {_reasons(failures)}"
+                )
+            if rollout.threshold is not None and len(failures) >= rollout.threshold:
                 raise StepFailed(
                     f"rollout of {revision} on service {name!r} failed: {len(failures)} tasks "
-                    f"stopped (threshold {threshold}): {_reasons(failures)}"
+                    f"stopped (threshold {rollout.threshold}): {_reasons(failures)}"
                 )
             if self._clock() >= deadline:
                 raise StepFailed(
@@ -502,20 +538,43 @@ class EcsTarget:
                 )
             self._sleep(self.rollout.poll_seconds)
 
-    def _rollout_status(self, name: str, revision: str, count: int) -> tuple[str, list[dict]]:
+    def _rollout_status(self, name: str, rollout: "_Rollout", count: int) -> tuple[str, list[dict]]:
+        """How the rollout stands, and the stopped tasks of its deployment. Sets
+        `rollout.failed` when ECS gave up on it: its deployment FAILED (the circuit breaker),
+        or a PRIMARY deployment of another task definition replaced it (the breaker's
+        rollback, or someone else's deployment): ECS updates the service's deployments as
+        update_service returns, so the release's deployment is PRIMARY from the first poll."""
         service = self._service(name)
         primary = _primary(service)
-        if primary.get("taskDefinition") != revision:
-            return f"deployment of {revision} not started yet", []
+        if rollout.threshold is None and not _breaker_decides(service, self.rollout):
+            rollout.threshold = self.rollout.threshold(count)
+        deployments = service.get("deployments", [])
+        if rollout.deployment_id is None and primary.get("taskDefinition") == rollout.revision:
+            rollout.deployment_id = primary["id"]
+        ours = next((d for d in deployments if d.get("id") == rollout.deployment_id), None)
+        if ours is None:
+            ours = next((d for d in deployments if d.get("taskDefinition") == rollout.revision), {})
         failures = [
             t
-            for t in self._tasks(primary["id"], "STOPPED")
+            for t in self._stopped_tasks(
+                name, ours.get("id") or rollout.deployment_id, rollout.revision
+            )
             if not (t.get("stoppedReason") or "").startswith(_SCALE_IN)
         ]
-        if primary.get("rolloutState") == "FAILED":
-            return "rollout FAILED", failures
+        if ours.get("rolloutState") == "FAILED":
+            reason = ours.get("rolloutStateReason") or "no reason given"
+            rollout.failed = f"ECS marked its deployment FAILED ({reason})"
+        if primary.get("taskDefinition") != rollout.revision:
+            rollout.failed = (
+                (rollout.failed + "; " if rollout.failed else "")
+                + f"the service's PRIMARY deployment runs {primary.get('taskDefinition')} "
+                "instead (ECS's deployment circuit breaker rolled it back, or another "
+                "deployment replaced it)"
+            )
+        if rollout.failed:
+            return "failed", failures
         running, wanted = primary.get("runningCount", 0), primary.get("desiredCount")
-        others = len(service.get("deployments", [])) - 1
+        others = len(deployments) - 1
         settled = primary.get("rolloutState") in (None, "COMPLETED")
         if wanted == count and running == count and others == 0 and settled:
             return "done", failures
@@ -525,17 +584,29 @@ class EcsTarget:
             failures,
         )
 
-    def _tasks(self, started_by: str, desired_status: str) -> list[dict]:
+    def _stopped_tasks(self, name: str, deployment_id: str | None, revision: str) -> list[dict]:
+        """Stopped tasks of service `name` started by its deployment `deployment_id` (when
+        unknown: of `revision`). ListTasks takes `startedBy` only alone, so the service's
+        stopped tasks are listed and picked by their `startedBy`."""
         arns = self._call(
-            "list tasks",
+            "list stopped tasks",
             self.ecs.list_tasks,
             cluster=self.cluster,
-            startedBy=started_by,
-            desiredStatus=desired_status,
+            serviceName=name,
+            desiredStatus="STOPPED",
         ).get("taskArns", [])
-        if not arns:
-            return []
-        return self._describe_tasks(arns)
+        tasks = self._describe_tasks(arns) if arns else []
+        if deployment_id is not None:
+            return [t for t in tasks if t.get("startedBy") == deployment_id]
+        return [t for t in tasks if t.get("taskDefinitionArn") == revision]
+
+    def _running_tasks(self, deployment_id: str) -> list[dict]:
+        """Tasks of a deployment ECS wants running (ListTasks' default desiredStatus):
+        `startedBy` must be ListTasks' only filter."""
+        arns = self._call(
+            "list tasks", self.ecs.list_tasks, cluster=self.cluster, startedBy=deployment_id
+        ).get("taskArns", [])
+        return self._describe_tasks(arns) if arns else []
 
     def _describe_tasks(self, arns: list[str]) -> list[dict]:
         tasks = []
@@ -600,6 +671,23 @@ def _primary(service: dict) -> dict:
         if deployment.get("status") == "PRIMARY":
             return deployment
     raise StepFailed(f"service {service.get('serviceName')!r} reports no PRIMARY deployment")
+
+
+@dataclass
+class _Rollout:
+    """What a rollout watch learns as it polls."""
+
+    revision: str
+    deployment_id: str | None = None
+    threshold: int | None = None
+    failed: str = ""
+
+
+def _breaker_decides(service: dict, policy: RolloutPolicy) -> bool:
+    """Whether ECS's deployment circuit breaker judges the rollout: enabled on the service and
+    no threshold of our own set (counting to ECS's own threshold would only race it)."""
+    breaker = service.get("deploymentConfiguration", {}).get("deploymentCircuitBreaker", {})
+    return bool(breaker.get("enable")) and policy.failed_tasks_threshold is None
 
 
 def _reasons(tasks: list[dict]) -> str:

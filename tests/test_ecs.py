@@ -10,9 +10,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import botocore.exceptions
 import httpx
 import pytest
+from prefect.blocks.system import Secret
 from prefect_aws import AwsClientParameters, AwsCredentials
+from prefect_aws.secrets_manager import AwsSecret
 
 from blocks.application import Api, ApplicationSpec, Database, Worker
 from blocks.ecs import EcsSettings, confirm_pushed_image, connect, registry_credentials
@@ -27,9 +30,11 @@ from targets.errors import AuthenticationError, ConfigurationError, StepFailed, 
 from targets.registry import login, push_image, registry_auth
 from tasks.check_migrations import RehearsalNotIsolated, check_migrations
 from tests import services
+from tests.backend import monorepo_context
 from tests.conftest import backend_context
 from tests.fakes.ecs import REGION, FakeEcs
-from tests.releases import refused, release_from, schema, task_run_counts
+from tests.releases import logged, refused, release_from, schema, task_run_counts
+from tests.test_appspec import RUNTIME_SECRETS, monorepo_spec
 
 pytestmark = [pytest.mark.ecs, pytest.mark.docker, pytest.mark.xdist_group("ecs")]
 
@@ -315,6 +320,70 @@ def test_missing_service_or_cluster_is_a_configuration_error(stack, build_backen
     assert stack.revisions() == revisions
 
 
+def test_list_tasks_takes_started_by_alone_as_ecs_does(stack, build_backend):
+    """ECS refuses ListTasks with `startedBy` and any other filter: the rollout watch and the
+    worker check list tasks in ways ECS accepts."""
+    ecs = stack.fake.client("ecs")
+    with pytest.raises(botocore.exceptions.ClientError, match="cannot specify startedBy"):
+        ecs.list_tasks(
+            cluster=stack.settings.cluster, startedBy="ecs-svc/1", desiredStatus="STOPPED"
+        )
+    v1 = build_backend("ecs-v1")
+    target = stack.target()
+
+    target.scale_workers(v1, "ecs-v1", 1)
+
+    wait_until(lambda: target.workers_alive(v1, 1).ok, 30)
+    assert target.read_state().workers.replicas == 1
+
+
+@pytest.mark.faults
+def test_a_circuit_breaker_rollback_fails_the_rollout_at_once(stack, build_backend):
+    """With the deployment circuit breaker on (and its rollback), ECS fails the release's
+    deployment itself and starts a new PRIMARY deployment of the previous task definition:
+    the rollout fails then, naming the breaker, rather than waiting for that deployment's
+    tasks until the deadline."""
+    ecs = stack.fake.client("ecs")
+    cluster = stack.settings.cluster
+    breaker = {"enable": True, "rollback": True}
+    ecs.update_service(
+        cluster=cluster,
+        service="api",
+        deploymentConfiguration={
+            "minimumHealthyPercent": 0,
+            "maximumPercent": 100,
+            "deploymentCircuitBreaker": breaker,
+        },
+    )
+
+    def api_deployments() -> list[dict]:
+        return ecs.describe_services(cluster=cluster, services=["api"])["services"][0][
+            "deployments"
+        ]
+
+    wait_until(lambda: api_deployments()[0]["rolloutState"] == "COMPLETED", 60)
+    target = stack.target(failed_tasks_threshold=None)  # ECS's breaker judges the tasks
+    before = target.read_state()
+    unhealthy = build_backend("ecs-unhealthy", fail_health="1")
+
+    with pytest.raises(StepFailed, match="circuit breaker") as info:
+        target.deploy_api(unhealthy, "ecs-unhealthy")
+
+    assert "Task failed container health checks" in str(info.value)
+    assert "not done after" not in str(info.value)
+    assert target.read_state().api == before.api  # ECS put the previous revision back
+    failed = [d for d in api_deployments() if d["rolloutState"] == "FAILED"]
+    assert [d["taskDefinition"] for d in failed] in ([], [stack.revisions()[-1]])
+    wait_until(lambda: _served_version(stack) == "ecs-v1", 60)
+
+
+def _served_version(stack: Stack) -> str | None:
+    try:
+        return stack.health()["version"]
+    except (AssertionError, httpx.HTTPError):
+        return None
+
+
 def test_ecr_token_logs_in_to_the_registry_and_describe_images_confirms_the_push(
     fake_ecs, engine, registry, build_backend
 ):
@@ -590,7 +659,7 @@ def test_a_plain_variable_the_task_definition_holds_as_a_secret_is_refused(
 
 
 @pytest.mark.appspec
-def test_secret_variables_on_ecs_are_refused_before_any_change(make_env, database):
+def test_a_plain_secret_block_on_ecs_is_refused_before_any_change(make_env, database):
     """No fake needed: the refusal comes before any AWS call (the endpoint is a closed
     loopback port) and before the secret blocks, which do not even exist, are read."""
     settings = EcsSettings(
@@ -611,12 +680,214 @@ def test_secret_variables_on_ecs_are_refused_before_any_change(make_env, databas
     env.save(env.environment, overwrite=True)
 
     with refused(
-        ConfigurationError,
-        match="ECS secret variables are not supported yet: AUTH0_SECRET_KEY, JWT_SECRET_KEY",
+        ConfigurationError, match="AUTH0_SECRET_KEY, JWT_SECRET_KEY: a plain Secret block"
     ) as info:
         release(env.environment, version="never")
 
-    assert "task definitions" in str(info.value)  # the fix: valueFrom secrets there
+    assert "'aws-secret/<block name>'" in str(info.value)  # the fix: an AwsSecret block
     assert in_flight(env.environment) is None
     with Ledger(env.database_url_value()) as ledger:
         assert ledger.history(env.environment) == []
+
+
+def _aws_secret(stack: Stack, secret_name: str, value: str | None) -> str:
+    """A Secrets Manager secret (no value: None) and an AwsSecret block naming it, as a user
+    sets them up; returns the block's reference."""
+    client = stack.fake.client("secretsmanager")
+    if value is None:
+        client.create_secret(Name=secret_name)
+    else:
+        client.create_secret(Name=secret_name, SecretString=value)
+    block = f"{stack.settings.cluster}-{secret_name.rsplit('/', 1)[-1]}"
+    AwsSecret(aws_credentials=stack.fake.credentials(), secret_name=secret_name).save(
+        block, overwrite=True
+    )
+    return f"aws-secret/{block}"
+
+
+@pytest.mark.appspec
+def test_secret_variables_reach_the_containers_as_secrets_manager_references(
+    ecs_environment, stack, tmp_path
+):
+    value = f"jwt-{uuid.uuid4().hex}"
+    reference = _aws_secret(stack, f"{stack.settings.cluster}/jwt", value)
+    arn = stack.fake.client("secretsmanager").describe_secret(
+        SecretId=f"{stack.settings.cluster}/jwt"
+    )["ARN"]
+    greeting = f"greeting-{uuid.uuid4().hex}"
+    parameter = f"/{stack.settings.cluster}/greeting"
+    stack.fake.client("ssm").put_parameter(Name=parameter, Value=greeting, Type="SecureString")
+    from_ssm = f"arn:aws:ssm:{REGION}:123456789012:parameter{parameter}"
+    env = ecs_environment(secrets={"JWT_SECRET_KEY": reference, "GREETING": from_ssm})
+    first = stack.revisions()[0]
+
+    result = release_from(env, tmp_path, "ecs-secret-v1")
+
+    assert result["outcome"] == "released"
+    state = stack.target().read_state()
+    # The services' revisions and the one-off ones (SQL rendering, rehearsal, migration).
+    registered = [r for r in stack.revisions() if r != first] + [state.workers.revision]
+    assert len(registered) >= 4
+    for revision in registered:
+        definition = stack.task_definition(revision)
+        container = definition["containerDefinitions"][0]
+        assert {"name": "JWT_SECRET_KEY", "valueFrom": arn} in container["secrets"]
+        assert {"name": "GREETING", "valueFrom": from_ssm} in container["secrets"]
+        plain = {e["name"] for e in container.get("environment", [])}
+        assert not plain & {"JWT_SECRET_KEY", "GREETING"}
+        assert value not in repr(definition) and greeting not in repr(definition)
+    for revision in (state.api.revision, state.workers.revision):
+        wait_until(lambda revision=revision: _containers(stack, revision), 30)
+        [container] = _containers(stack, revision)
+        running_env = _env_of(container)
+        assert (running_env["JWT_SECRET_KEY"], running_env["GREETING"]) == (value, greeting)
+    assert not logged(value, seconds=2) and not logged(greeting, seconds=1)
+    with Ledger(env.database_url_value()) as ledger:
+        rows = repr(ledger.history(env.environment))
+    assert value not in rows and greeting not in rows
+
+
+@pytest.mark.appspec
+def test_a_missing_or_valueless_secret_fails_the_release_before_any_change(
+    ecs_environment, stack, tmp_path
+):
+    before, revisions = stack.target().read_state(), stack.revisions()
+    block = f"{stack.settings.cluster}-missing"
+    AwsSecret(aws_credentials=stack.fake.credentials(), secret_name="no-such-secret").save(
+        block, overwrite=True
+    )
+    missing = f"aws-secret/{block}"
+    valueless = _aws_secret(stack, f"{stack.settings.cluster}/empty", None)
+
+    no_parameter = f"arn:aws:ssm:{REGION}:123456789012:parameter/{stack.settings.cluster}/nope"
+    for reference, why in (
+        (missing, "does not exist"),
+        (valueless, "has no current value"),
+        (no_parameter, "SSM parameter .* does not exist"),
+    ):
+        env = ecs_environment(secrets={"JWT_SECRET_KEY": reference})
+        with refused(ConfigurationError, match=f"secret variable JWT_SECRET_KEY: .*{why}"):
+            release_from(env, tmp_path, "ecs-secret-missing")
+
+    assert stack.revisions() == revisions
+    assert stack.target().read_state() == before
+
+
+def test_a_secret_reference_ecs_cannot_read_stops_the_task_before_it_runs(stack, build_backend):
+    """The agent reads `valueFrom` as ECS does: a wrong ARN stops the task before its
+    container runs; an SSM parameter's ARN works as a Secrets Manager one does."""
+    v1 = build_backend("ecs-v1")
+    wrong = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:no-such-secret-AbCdEf"
+    ssm = stack.fake.client("ssm")
+    parameter = f"/{stack.settings.cluster}/greeting"
+    ssm.put_parameter(Name=parameter, Value="from-ssm", Type="SecureString")
+    from_ssm = f"arn:aws:ssm:{REGION}:123456789012:parameter{parameter}"
+    show = ["python", "-c", "import os; print('greeting=' + os.environ['GREETING'])"]
+
+    def target(secrets: dict[str, str]) -> EcsTarget:
+        return connect(stack.settings, "ecs-test", {}, secrets=secrets)
+
+    failed = target({"GREETING": wrong}).run_oneoff(v1, show, {}, timeout=60)
+    ran = target({"GREETING": from_ssm}).run_oneoff(v1, show, {}, timeout=60)
+
+    assert failed.exit_code == 125  # never ran
+    assert "ResourceInitializationError" in failed.output and "no-such-secret" in failed.output
+    assert ran.exit_code == 0, ran.output
+    assert "greeting=from-ssm" in ran.output
+
+
+# -- the monorepo example on ECS ------------------------------------------------------------------
+@pytest.mark.appspec
+@pytest.mark.migrations
+def test_monorepo_on_ecs_each_role_from_its_own_stage_its_secrets_references(
+    stack, ecs_environment, engine, pg, build_backend, tmp_path
+):
+    """The monorepo backend (a stage per role, secrets it refuses to start without, its
+    database as SQLALCHEMY_DATABASE_URL) released twice on ECS: the API service, the worker
+    service and the migration task each run their own stage's image, and the secrets reach
+    the containers from Secrets Manager, never as plain values."""
+    cluster, ecs = stack.settings.cluster, stack.fake.client("ecs")
+    values = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in RUNTIME_SECRETS}
+    secrets = {
+        name: _aws_secret(stack, f"{cluster}/{name.lower().replace('_', '-')}", v)
+        for name, v in values.items()
+    }
+    Secret(value=f"token-{uuid.uuid4().hex}").save(f"{cluster}-token", overwrite=True)
+    # The services' task definitions as written for this backend: the database secret under
+    # the name it reads, the stage's own command for the workers; the API runs (an earlier
+    # backend reading that name) and a release keeps its count.
+    earlier = build_backend("ecs-iso", reads_database="sqlalchemy-url")
+    for service, count in (("api", 1), ("worker", 0)):
+        current = ecs.describe_services(cluster=cluster, services=[service])["services"][0]
+        definition = stack.task_definition(current["taskDefinition"])
+        [container] = definition["containerDefinitions"]
+        container["secrets"] = [
+            {**s, "name": "SQLALCHEMY_DATABASE_URL"} for s in container["secrets"]
+        ]
+        container.pop("command", None)
+        container["image"] = earlier
+        fields = ("family", "networkMode", "requiresCompatibilities", "executionRoleArn", "cpu")
+        revision = ecs.register_task_definition(
+            containerDefinitions=[container], memory="512", **{k: definition[k] for k in fields}
+        )["taskDefinition"]["taskDefinitionArn"]
+        ecs.update_service(
+            cluster=cluster, service=service, taskDefinition=revision, desiredCount=count
+        )
+    wait_until(lambda: _served_version(stack) == "ecs-iso", 60)
+    port = stack.settings.api_url.rsplit(":", 1)[1]
+    spec = monorepo_spec(token=f"secret/{cluster}-token")
+    # On the agent's host network the API binds a loopback port, not gunicorn.conf's 0.0.0.0:8080.
+    spec.api = Api(
+        port=int(port),
+        port_variable=None,
+        command=[
+            "gunicorn",
+            "-c",
+            "/app/gunicorn.conf.py",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "rhesis.backend.app.main:app",
+        ],
+    )
+    env = ecs_environment(application=spec, secrets=secrets, worker_count=1)
+
+    first = release(env.environment, source=str(monorepo_context(tmp_path, "0003")), version="m1")
+
+    assert (first["outcome"], schema(pg, stack.database)) == ("released", "0003")
+    assert stack.health() == {"status": "ok"}
+    images = first["images"]
+    stages = {role: engine.images.get(images[role]).labels["io.example.stage"] for role in images}
+    assert stages == {"api": "backend", "worker": "worker", "migrate": "migrate"}
+    state = stack.target().read_state()
+    assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
+    oneoffs = [stack.task_definition(r) for r in stack.revisions() if r != state.api.revision]
+    assert images["migrate"] in {d["containerDefinitions"][0]["image"] for d in oneoffs}
+    for revision in (state.api.revision, state.workers.revision):
+        wait_until(lambda revision=revision: _containers(stack, revision), 30)
+        [container] = _containers(stack, revision)
+        running_env = _env_of(container)
+        assert all(running_env[name] == value for name, value in values.items())
+
+    second = release(env.environment, source=str(monorepo_context(tmp_path, "0004")), version="m2")
+
+    assert (second["outcome"], schema(pg, stack.database)) == ("released", "0004")
+    assert second["images"]["api"] != images["api"]
+    assert stack.target().read_state().workers.image == second["images"]["worker"]
+    registered = stack.revisions() + [stack.target().read_state().workers.revision]
+    for revision in registered[1:]:
+        definition = stack.task_definition(revision)
+        plain = {e["name"] for e in definition["containerDefinitions"][0].get("environment", [])}
+        assert not plain & set(RUNTIME_SECRETS)
+        assert not [name for name, value in values.items() if value in repr(definition)]
+    with Ledger(env.database_url_value()) as ledger:
+        rows = repr(ledger.history(env.environment))
+    assert not [name for name, value in values.items() if value in rows or logged(value, seconds=1)]
+
+
+@pytest.mark.appspec
+def test_an_ssm_parameter_arn_is_refused_on_a_target_that_cannot_read_it(make_env, database):
+    arn = f"arn:aws:ssm:{REGION}:123456789012:parameter/app/greeting"
+    env = make_env(database, secrets={"GREETING": arn})  # a Docker-host environment
+
+    with pytest.raises(ConfigurationError, match="GREETING: .* only ECS reads"):
+        connect_target(env)

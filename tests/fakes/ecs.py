@@ -4,11 +4,18 @@ moto stores ECS clusters, task definitions and services but runs nothing: `updat
 not create a deployment and no task ever starts. `FakeEcsAgent` is a small ECS agent + service
 scheduler working on moto's backend objects: for each service it runs the primary deployment's
 task definition as REAL containers on the local Docker engine (host network; image, command,
-environment and `secrets` resolved from Secrets Manager; the container `healthCheck` mapped to a
-Docker healthcheck), stops a task when its container exits or turns unhealthy (with ECS's stopped
-reasons and exit codes), keeps runningCount / deployments[] / rolloutState up to date, and runs
-`run_task` one-off tasks as real containers whose exit code becomes the container's exitCode.
-Output of containers with the awslogs driver is shipped to moto's CloudWatch Logs.
+environment and `secrets` resolved from Secrets Manager or SSM Parameter Store, a task whose
+secret cannot be read stopping before it runs, as ECS's ResourceInitializationError; the
+container `healthCheck` mapped to a Docker healthcheck), stops a task when its container exits
+or turns unhealthy (with ECS's stopped reasons and exit codes), keeps runningCount /
+deployments[] / rolloutState up to date (creating a service's new deployment as UpdateService
+returns, and running the deployment circuit breaker, rollback included, when the service
+enables it), and runs `run_task` one-off tasks as real containers whose exit code becomes the
+container's exitCode. Output of containers with the awslogs driver is shipped to moto's
+CloudWatch Logs.
+
+moto's ListTasks ignores `serviceName`, lists every status by default and takes `startedBy`
+with other filters; a WSGI layer answers as ECS does (InvalidParameterException for the last).
 
 Scheduling as ECS does with minimumHealthyPercent 0 / maximumPercent 100 (what host networking
 on one instance forces anyway): the old deployment's tasks stop before the new ones start.
@@ -162,6 +169,53 @@ class TaskDefinitionListing:
         return response(environ, start_response)
 
 
+class TaskListing:
+    """WSGI layer in front of moto: ListTasks as ECS answers it. ECS refuses `startedBy` with
+    any other filter ("cannot specify startedBy with other arguments"; the API reference:
+    "it must be the only filter that you use"), filters by `serviceName` (moto ignores it)
+    and lists only tasks it wants RUNNING when no `desiredStatus` is given (moto lists all)."""
+
+    OTHER_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus", "launchType")
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        target = request.headers.get("X-Amz-Target", "")
+        if not (target.startswith("AmazonEC2ContainerService") and _action(request) == "ListTasks"):
+            return self.app(environ, start_response)
+        query = _json_body(environ)
+        if query.get("startedBy") and any(query.get(k) for k in self.OTHER_FILTERS):
+            body = json.dumps(
+                {
+                    "__type": "InvalidParameterException",
+                    "message": "cannot specify startedBy with other arguments",
+                }
+            )
+            response = Response(body, status=400, content_type="application/x-amz-json-1.1")
+            return response(environ, start_response)
+        answer = Response.from_app(self.app, environ)
+        if answer.status_code != 200:
+            return answer(environ, start_response)
+        tasks = {}
+        for cluster_tasks in list(ecs_backends[ACCOUNT][REGION].tasks.values()):
+            tasks.update(cluster_tasks)
+        wanted = query.get("desiredStatus") or "RUNNING"
+        service = query.get("serviceName")
+        arns = [
+            arn
+            for arn in json.loads(answer.get_data())["taskArns"]
+            if arn in tasks
+            and tasks[arn].desired_status == wanted
+            and (not service or tasks[arn].group == f"service:{service}")
+        ]
+        response = Response(
+            json.dumps({"taskArns": arns}), content_type="application/x-amz-json-1.1"
+        )
+        return response(environ, start_response)
+
+
 def _family_and_revision(arn: str) -> tuple[str, int]:
     family, revision = arn.rsplit("/", 1)[-1].rsplit(":", 1)
     return family, int(revision)
@@ -180,7 +234,8 @@ class _MotoServer(ThreadedMotoServer):
     def __init__(self, mirror: Callable[[str, list[dict]], None]):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         moto = DomainDispatcherApplication(create_backend_app)
-        self.faults = FaultInjection(RegistryBackedEcr(TaskDefinitionListing(moto), mirror))
+        listings = TaskListing(TaskDefinitionListing(moto))
+        self.faults = FaultInjection(RegistryBackedEcr(listings, mirror))
 
     def _server_entry(self) -> None:
         self._server = make_server(
@@ -227,9 +282,21 @@ class FakeEcs:
         self.endpoint = f"http://{host}:{port}"
         self.agent = FakeEcsAgent(self)
         self.agent.start()
+        # ECS creates a service's new deployment as UpdateService returns, not later.
+        backend = ecs_backends[ACCOUNT][REGION]
+        update = backend.update_service
+
+        def update_service(properties: dict):
+            service = update(properties)
+            with self.agent.lock:
+                self.agent.deploy(service)
+            return service
+
+        backend.update_service = update_service
         return self
 
     def stop(self) -> None:
+        vars(ecs_backends[ACCOUNT][REGION]).pop("update_service", None)
         self.agent.stop()
         self.server.stop()
 
@@ -324,11 +391,16 @@ class FakeEcsAgent(threading.Thread):
         self.interval = interval
         self.runs: dict[str, Run] = {}
         self.errors: list[str] = []
+        self.lock = threading.RLock()
+        # (cluster, service): the task definition of its last COMPLETED deployment, which the
+        # circuit breaker rolls back to.
+        self.completed: dict[tuple[str, str], str] = {}
         # Labels this agent's containers, so its cleanup leaves other test runs' alone.
         self.owner = uuid.uuid4().hex
         self._stop_event = threading.Event()
         self.logs = fake.client("logs")
         self.secrets = fake.client("secretsmanager")
+        self.ssm = fake.client("ssm")
         ec2 = fake.client("ec2")
         image = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
         # The EC2 instance the local engine stands for, as a container instance of every cluster.
@@ -338,7 +410,8 @@ class FakeEcsAgent(threading.Thread):
     def run(self) -> None:
         while not self._stop_event.wait(self.interval):
             try:
-                self.reconcile()
+                with self.lock:
+                    self.reconcile()
             except Exception as exc:  # surfaced by the fixture, never swallowed silently
                 self.errors.append(f"{type(exc).__name__}: {exc}")
 
@@ -371,6 +444,13 @@ class FakeEcsAgent(threading.Thread):
             for arn, task in list(tasks.items()):
                 self._reconcile_oneoff(backend, arn, task)
 
+    def deploy(self, service) -> None:
+        """What UpdateService starts: a new PRIMARY deployment when the service's task
+        definition changed, the desired count of the primary one."""
+        if service.deployments[0]["taskDefinition"] != service.task_definition:
+            self._new_deployment(service)
+        service.deployments[0]["desiredCount"] = service.desired_count
+
     def _reconcile_service(self, backend, service) -> None:
         mine = [
             r
@@ -378,22 +458,27 @@ class FakeEcsAgent(threading.Thread):
             if r.task.group == f"service:{service.name}"
             and r.task.cluster_name == service.cluster_name
         ]
+        self.deploy(service)
         primary = service.deployments[0]
-        if primary["taskDefinition"] != service.task_definition:
-            primary = self._new_deployment(service)
-        primary["desiredCount"] = service.desired_count
         for run in mine:
             if run.deployment != primary["id"] and not run.done:
                 self._stop_task(run, f"Scaling activity initiated by (deployment {primary['id']})")
-        service.deployments = [primary]
+        # A deployment the circuit breaker failed stays listed (ACTIVE, FAILED) until the
+        # rollback completes; other older deployments are gone once their tasks stopped.
+        failed = [d for d in service.deployments[1:] if d["rolloutState"] == "FAILED"]
+        service.deployments = (
+            [primary, *failed[:1]] if primary["rolloutState"] != "COMPLETED" else [primary]
+        )
         live = [r for r in mine if r.deployment == primary["id"] and not r.done]
         for run in live:
             self._check(run, primary)
         live = [r for r in live if not r.done]
+        if self._circuit_breaker(service, primary):
+            return
         for extra in live[service.desired_count :]:
             self._stop_task(extra, f"Scaling activity initiated by (deployment {primary['id']})")
         live = live[: service.desired_count]
-        while len(live) < service.desired_count:
+        while len(live) < service.desired_count and primary["rolloutState"] != "FAILED":
             live.append(self._start_service_task(backend, service, primary))
         live = [r for r in live if not r.done]
         running = [r for r in live if r.task.last_status == "RUNNING"]
@@ -406,8 +491,34 @@ class FakeEcsAgent(threading.Thread):
         if len(healthy) == service.desired_count and primary["rolloutState"] == "IN_PROGRESS":
             primary["rolloutState"] = "COMPLETED"
             primary["rolloutStateReason"] = f"ECS deployment {primary['id']} completed."
+        if primary["rolloutState"] == "COMPLETED":
+            self.completed[(service.cluster_name, service.name)] = primary["taskDefinition"]
         service.running_count = len(running)
         service.pending_count = len(live) - len(running)
+
+    def _circuit_breaker(self, service, primary: dict) -> bool:
+        """ECS's deployment circuit breaker, when the service enables it: once the primary
+        deployment has as many failed tasks as the threshold (half the desired count, at
+        least 3, at most 200) its rollout FAILED and it launches no more tasks; with
+        `rollback`, a new PRIMARY deployment of the last completed deployment's task
+        definition replaces it. True when it tripped now."""
+        config = getattr(service, "deployment_configuration", None) or {}
+        breaker = config.get("deploymentCircuitBreaker") or {}
+        threshold = min(max(-(-service.desired_count // 2), 3), 200)
+        if not breaker.get("enable") or primary["rolloutState"] != "IN_PROGRESS":
+            return False
+        if primary["failedTasks"] < threshold:
+            return False
+        primary["rolloutState"] = "FAILED"
+        primary["rolloutStateReason"] = "ECS deployment circuit breaker: tasks failed to start."
+        previous = self.completed.get((service.cluster_name, service.name))
+        if breaker.get("rollback") and previous and previous != primary["taskDefinition"]:
+            service.task_definition = previous
+            rollback = self._new_deployment(service)
+            rollback["rolloutStateReason"] = (
+                f"ECS deployment circuit breaker: rolling back to {previous}."
+            )
+        return True
 
     def _new_deployment(self, service) -> dict:
         now = datetime.now(UTC)
@@ -473,9 +584,20 @@ class FakeEcsAgent(threading.Thread):
         definition = run.definition
         env = {e["name"]: e["value"] for e in definition.get("environment", [])}
         for secret in definition.get("secrets", []):
-            env[secret["name"]] = self.secrets.get_secret_value(SecretId=secret["valueFrom"])[
-                "SecretString"
-            ]
+            try:
+                env[secret["name"]] = self._secret(secret["valueFrom"])
+            except botocore.exceptions.ClientError as exc:
+                error = exc.response["Error"]
+                store = "ssm" if ":ssm:" in secret["valueFrom"] else "asm"
+                self._stop_task(
+                    run,
+                    "ResourceInitializationError: unable to pull secrets or registry auth: "
+                    f"execution resource retrieval failed: unable to retrieve secret from "
+                    f"{store}: failed to fetch secret {secret['valueFrom']}: "
+                    f"{error['Code']}: {error.get('Message', '')}",
+                    exit_code=None,
+                )
+                return
         env.update({e["name"]: e["value"] for e in overrides.get("environment", [])})
         command = overrides.get("command") or definition.get("command")
         health = definition.get("healthCheck")
@@ -500,6 +622,16 @@ class FakeEcsAgent(threading.Thread):
         run.task.containers[0].last_status = "RUNNING"
         run.task.health_status = "UNKNOWN"
         run.task.containers[0].health_status = "UNKNOWN"
+
+    def _secret(self, value_from: str) -> str:
+        """What the agent puts in the container for a `secrets` entry: the Secrets Manager
+        secret's current string, or the SSM parameter's (decrypted) value."""
+        if value_from.startswith("arn:") and value_from.split(":")[2] == "ssm":
+            name = value_from.split(":parameter", 1)[1]
+            name = name if name.count("/") > 1 else name[1:]  # 'parameter/x' names 'x'
+            parameter = self.ssm.get_parameter(Name=name, WithDecryption=True)
+            return parameter["Parameter"]["Value"]
+        return self.secrets.get_secret_value(SecretId=value_from)["SecretString"]
 
     def _check(self, run: Run, deployment: dict | None) -> None:
         try:
