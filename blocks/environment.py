@@ -307,11 +307,7 @@ def connect_target(env: ReleaseEnvironment) -> Target:
         return connect_ecs(
             settings,
             env.environment,
-            {
-                **env_file_values(env),
-                **env.env,
-                **env.database_variables().environment(env.database_url_value()),
-            },
+            container_env(env, references=set(references)),
             plain_env={**env_file_values(env), **env.env},
             processes=processes(env.application),
             secrets=references,
