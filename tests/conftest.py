@@ -6,7 +6,7 @@ os.environ.setdefault("RELEASE_RETRY_BACKOFF_SECONDS", "0.2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 from prefect.testing.utilities import prefect_test_harness  # noqa: E402
@@ -21,6 +21,7 @@ from tests.backend import (  # noqa: E402, F401
     build_image,
 )
 from tests.releases import local_environment, remove_containers  # noqa: E402
+from tests.stack import Processes  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -100,3 +101,13 @@ def environment(make_env, database) -> ReleaseEnvironment:
     env = make_env(database, worker_count=2)
     env.save(env.environment, overwrite=True)
     return env
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory, request) -> Iterator[Processes]:
+    """The background processes one test module starts (Prefect servers, workers, a second
+    registry, the event bridge), each logging under the module's own folder; stopped with
+    the module."""
+    procs = Processes(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
+    yield procs
+    procs.stop_all()

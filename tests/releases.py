@@ -1,5 +1,7 @@
 """Helpers for tests that run the release flow and check what a user would."""
 
+import io
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -134,3 +136,26 @@ def logged(text: str, flow_run_id=None, seconds: float = 15) -> bool:
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
+
+
+def wait_until(check, what: str, timeout: float, interval: float = 0.5):
+    """Poll `check()` until it returns something true, and return that; fail the test
+    naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := check():
+            return result
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def tiny_image(engine, reference: str) -> None:
+    """A one-file image of its own (a distinct digest), made without a base image."""
+    content = uuid.uuid4().hex.encode()
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("stamp")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    repository, tag = reference.rsplit(":", 1)
+    engine.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag)

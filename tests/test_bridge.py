@@ -11,11 +11,9 @@ push end to end.
 
 import asyncio
 import base64
-import io
 import json
 import re
 import socket
-import tarfile
 import threading
 import time
 import uuid
@@ -54,6 +52,7 @@ from deployments.push_delivery import (
 )
 from deployments.push_events import Push, parse
 from targets.registry import login, push_image, registry_auth
+from tests.releases import tiny_image, wait_until
 from tests.services import free_port
 from tests.stack import VENV_BIN, Processes, Stack, start_bridge, start_registry, start_server
 
@@ -693,18 +692,6 @@ def start_server_again(processes: Processes, stack: Stack, database_url: str) ->
     processes.wait_http("server-2", f"{stack.api_url}/health")
 
 
-def tiny_image(engine, reference: str) -> None:
-    """A one-file image of its own (a distinct digest), made without a base image."""
-    content = uuid.uuid4().hex.encode()
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        info = tarfile.TarInfo("stamp")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
-    repository, tag = reference.rsplit(":", 1)
-    engine.api.import_image_from_data(data.getvalue(), repository=repository, tag=tag)
-
-
 def runs_per_digest(stack: Stack) -> Counter:
     with stack.client() as client:
         runs = client.read_flow_runs(
@@ -717,15 +704,6 @@ def pushed_events(stack: Stack) -> int:
     with stack.client() as client:
         page = client.read_events(EventFilter(event=EventNameFilter(name=[EVENT])), limit=1)
     return page.total
-
-
-def wait_for(check, what: str, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture
@@ -779,9 +757,11 @@ def test_pushes_during_an_outage_and_a_bridge_restart_are_each_released_once(
         # The registry delivers in order: once the sentinel pushed now has its run, the
         # bridge has had every notification before it (and the redeliveries).
         sentinel = push(references[PUSHES])
-        wait_for(
+        wait_until(
             lambda: all(runs_per_digest(stack)[d] for d in [*digests, sentinel]),
             "a run for every push",
+            timeout=300,
+            interval=1,
         )
 
         runs = runs_per_digest(stack)
@@ -789,7 +769,7 @@ def test_pushes_during_an_outage_and_a_bridge_restart_are_each_released_once(
         assert {digest: runs[digest] for digest in digests} == dict.fromkeys(digests, 1)
         assert sum(runs.values()) == PUSHES + 1
         # One event per push, none sent twice (the server stores events in batches).
-        assert wait_for(lambda: pushed_events(stack) >= PUSHES + 1, "events") is True
+        assert wait_until(lambda: pushed_events(stack) >= PUSHES + 1, "events", 300, 1) is True
         assert pushed_events(stack) == PUSHES + 1
         bridge_logs = processes.log("bridge") + processes.log("bridge-2")
         assert bridge_logs.count("-> staging (event ") == PUSHES + 1

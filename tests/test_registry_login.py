@@ -3,9 +3,7 @@
 digits contain "401", as the addresses in the engine's error message sometimes do (the
 intermittent "registry refused the credentials" seen in CI)."""
 
-import io
 import socket
-import tarfile
 import uuid
 
 import pytest
@@ -15,6 +13,7 @@ from targets.errors import AuthenticationError
 from targets.registry import login, registry_auth
 from tasks.push import push
 from tests.faults import HttpFaultProxy
+from tests.releases import tiny_image as make_tiny_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.faults]
 
@@ -45,17 +44,11 @@ def login_request(method: str, target: str, body: bytes) -> bool:
 @pytest.fixture
 def tiny_image(engine, proxy):
     """A one-file image of its own, tagged for the registry behind the proxy."""
-    content = uuid.uuid4().hex.encode()
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        info = tarfile.TarInfo("stamp")
-        info.size = len(content)
-        tar.addfile(info, io.BytesIO(content))
     # A repository of its own: the tag must not already hold an earlier run's image.
-    repository = f"127.0.0.1:{proxy.port}/tests/login-reset-{uuid.uuid4().hex[:8]}"
-    engine.api.import_image_from_data(data.getvalue(), repository=repository, tag="v1")
-    yield f"{repository}:v1"
-    engine.images.remove(f"{repository}:v1", force=True)
+    reference = f"127.0.0.1:{proxy.port}/tests/login-reset-{uuid.uuid4().hex[:8]}:v1"
+    make_tiny_image(engine, reference)
+    yield reference
+    engine.images.remove(reference, force=True)
 
 
 def test_a_login_whose_connection_is_reset_is_retried_and_the_push_succeeds(

@@ -41,9 +41,9 @@ from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from targets.registry import login, push_image, registry_auth
 from tests import services
+from tests.releases import wait_until
 from tests.stack import (
     VENV_BIN,
-    Processes,
     Stack,
     deploy,
     run,
@@ -61,13 +61,6 @@ RUN_TIMEOUT = 120
 
 
 # --- the stack: server, worker, registry, bridge (tests/stack.py) ------------------------
-
-
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory) -> Iterator[Processes]:
-    procs = Processes(tmp_path_factory.mktemp("trigger-logs"))
-    yield procs
-    procs.stop_all()
 
 
 @pytest.fixture(scope="module")
@@ -179,22 +172,13 @@ def start(stack: Stack, name: str, **parameters) -> FlowRun:
         )
 
 
-def wait_until(check, what: str, timeout: float = RUN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 def finished(stack: Stack, run_id: uuid.UUID) -> FlowRun:
     def check():
         with stack.client() as client:
             flow_run = client.read_flow_run(run_id)
         return flow_run if flow_run.state and flow_run.state.is_final() else None
 
-    return wait_until(check, f"flow run {run_id} to finish")
+    return wait_until(check, f"flow run {run_id} to finish", RUN_TIMEOUT)
 
 
 def subflows(stack: Stack, run_id: uuid.UUID) -> list[FlowRun]:
@@ -459,6 +443,7 @@ def test_a_release_waits_for_the_one_in_flight_or_cancels_itself(
         wait_until(
             lambda: "taking the release slot" in logs(stack, waiting.id),
             "the waiting run to ask for the release slot",
+            RUN_TIMEOUT,
         )
         time.sleep(3)
         assert subflows(stack, waiting.id) == []  # the release itself has not started
@@ -488,7 +473,7 @@ def paused_release(stack: Stack, run_id: uuid.UUID) -> FlowRun:
     def check():
         return next((r for r in subflows(stack, run_id) if r.state.is_paused()), None)
 
-    return wait_until(check, "the release to pause for approval")
+    return wait_until(check, "the release to pause for approval", RUN_TIMEOUT)
 
 
 def test_production_waits_for_an_approval_and_logs_who_approved(

@@ -26,9 +26,9 @@ from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from tests import services
 from tests.backend import TEST_REPOSITORY
-from tests.releases import served_version
-from tests.stack import Processes, Stack, deploy, start_server, start_worker
-from tests.test_triggers import completed, paused_release, runs_of, subflows, wait_until
+from tests.releases import served_version, wait_until
+from tests.stack import Stack, deploy, start_server, start_worker
+from tests.test_triggers import completed, paused_release, runs_of, subflows
 
 pytestmark = [pytest.mark.ui, pytest.mark.triggers]
 
@@ -52,13 +52,6 @@ WAIT = 120  # seconds a page may take to show what a step waits for
 
 
 # --- the stack: server with its UI, environments, deployments, worker --------------------
-
-
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory) -> Iterator[Processes]:
-    procs = Processes(tmp_path_factory.mktemp("ui-logs"))
-    yield procs
-    procs.stop_all()
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +239,7 @@ def submit_release(ui: Ui, stack: Stack, environment: str, image: str) -> FlowRu
     [flow_run] = wait_until(
         lambda: [r for r in runs_of(stack, DEPLOYMENT) if r.id not in before],
         "the run the form started",
+        WAIT,
     )
     ui.shot(f"submitted-{environment}")
     return flow_run
