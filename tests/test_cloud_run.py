@@ -742,6 +742,10 @@ def test_a_failed_cloud_run_migration_shows_alembic_error_in_the_release_failure
         migration_rehearsal=False,  # the rehearsal would refuse it first
     )
     env.save(env.environment, overwrite=True)
+    first = release_flow(env.environment, image=build_backend("cr-v1", head="0001"))
+    assert first["outcome"] == "released"
+    target = connect_target(env)
+    before = target.read_state()
 
     with pytest.raises(ReleaseFailed) as info:
         release_flow(env.environment, image=build_backend("cr-badmig", fail_migration="0002"))
@@ -749,7 +753,9 @@ def test_a_failed_cloud_run_migration_shows_alembic_error_in_the_release_failure
     message = str(info.value)
     assert "failed at step 'migrate'" in message
     assert "injected failure in migration 0002" in message  # read back from Cloud Logging
-    assert schema(pg, database) is None
+    assert "Rolled back and verified" in message
+    assert schema(pg, database) == "0001"
+    assert target.read_state() == before
 
 
 @pytest.mark.faults
