@@ -364,7 +364,12 @@ class CloudRunTarget:
                 break
             entries = again
         if not entries:
-            return f"(Cloud Logging has no entries of execution {execution} yet)\n"
+            return (
+                f"(Cloud Logging listed no entries of execution {execution} within "
+                f"{self.log_wait:.0f} s: the command printed nothing, its entries are late "
+                "(raise log_wait_seconds in the Cloud Run settings block) or a log exclusion "
+                "drops cloud_run_job entries)\n"
+            )
         return "".join(f"{_entry_text(entry)}\n" for entry in entries)
 
     def _log_filter(self, execution: str | None = None) -> str:

@@ -500,10 +500,14 @@ def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
     client.update_service(service=service).result(60)
     target = connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
 
-    reads_secret = "import os, sys; sys.exit(os.environ['JWT_SECRET_KEY'][:6] != 'jwt-3-')"
+    reads_secret = (
+        "import os, sys; ok = os.environ['JWT_SECRET_KEY'][:6] == 'jwt-3-'; "
+        "print('secret version 3:', ok); sys.exit(not ok)"
+    )
     result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", reads_secret], {}, timeout=60)
 
     assert result.exit_code == 0  # the job's container got version 3 of the secret
+    assert "secret version 3: True" in result.output  # its output, from Cloud Logging
     task = fake.job(settings.migration_job)["template"]["template"]
     assert task["serviceAccount"] == account
     assert task["vpcAccess"] == {"connector": connector, "egress": 1}
