@@ -41,8 +41,8 @@ class CloudRunSettings(Block):
     )
 
     gcp_credentials: GcpCredentials = Field(
-        description="Service-account credentials. The account needs Cloud Run Developer and "
-        "Service Account User; the same key logs in to Artifact Registry."
+        description="Service-account credentials. The account needs Cloud Run Developer, "
+        "Service Account User and Logs Viewer; the same key logs in to Artifact Registry."
     )
     project: str = Field(description="GCP project id, e.g. 'rhesis-staging'.")
     region: str = Field(description="Cloud Run region, e.g. 'europe-west1'.")
@@ -77,6 +77,18 @@ class CloudRunSettings(Block):
         default=None,
         description="Secret Manager API endpoint; None: Google's default "
         "(secretmanager.googleapis.com).",
+    )
+    logging_endpoint: str = Field(
+        default="https://logging.googleapis.com",
+        description="Cloud Logging API endpoint, where the migration job's output is read "
+        "(Logging API v2 entries:list). The service account needs the Logs Viewer role "
+        "(roles/logging.viewer).",
+    )
+    log_wait_seconds: float = Field(
+        default=60,
+        gt=0,
+        description="How long, at most, to wait for a job execution's log entries to reach "
+        "Cloud Logging (they are read until their count stops growing).",
     )
     operation_timeout_seconds: float = Field(
         default=600, gt=0, description="Deadline for one Cloud Run operation (e.g. a rollout)."
@@ -154,6 +166,8 @@ def connect(
         operation_timeout=settings.operation_timeout_seconds,
         identity=functools.partial(identity_credentials, settings),
         secrets=secrets,
+        logging_endpoint=settings.logging_endpoint,
+        log_wait=settings.log_wait_seconds,
     )
 
 

@@ -14,6 +14,12 @@ service's service account, VPC access, resource limits and secrets; a service th
 public is verified with an identity token. Secret variables are Secret Manager references
 (`secretKeyRef`) pinned to a version per release, on both services and the job.
 
+A one-off's output (what the migration check reads, a failed migration's Alembic error) is
+the job execution's log, read from Cloud Logging (Logging API v2 `entries:list`, through
+google-auth's AuthorizedSession): the Admin API returns none. Entries arrive with a delay, so
+the adapter polls until their count stops growing (bounded by `log_wait`). A project whose
+Logging the release's account cannot read is refused by `check()`, before any change.
+
 Retries: idempotent reads and operation polls retry 429/5xx a few times with jittered
 backoff inside the adapter; mutations are never retried here: a 429/5xx on one raises
 TransientError and the Prefect task decides. Permission errors are never retried.
@@ -22,9 +28,11 @@ TransientError and the Prefect task decides. Permission errors are never retried
 import concurrent.futures
 import re
 import secrets
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
+import google.auth.credentials
 import google.auth.transport.requests
 import requests.exceptions
 from google.api_core import exceptions as api_exceptions
@@ -75,6 +83,15 @@ TAG_AND_SERVICE_MAX = 46
 TAG_MIN = 3
 TAG_PREFIX = "v-"
 
+LOGGING_ENDPOINT = "https://logging.googleapis.com"
+LOGGING_SCOPES = ["https://www.googleapis.com/auth/logging.read"]
+LOG_PAGE_SIZE = 1000
+LOG_POLL_SECONDS = 2.0  # between two reads of an execution's entries
+LOGGING_FIX = (
+    "grant the release's service account the Logs Viewer role (roles/logging.viewer) on "
+    "the project, so the migration job's output can be read"
+)
+
 
 def max_api_service_length() -> int:
     return TAG_AND_SERVICE_MAX - TAG_MIN
@@ -120,6 +137,8 @@ class CloudRunTarget:
         operation_timeout: float = 600.0,
         identity: Callable[[str], Credentials] | None = None,
         secrets: dict[str, tuple[str, str]] | None = None,
+        logging_endpoint: str | None = None,
+        log_wait: float = 60.0,
     ):
         options = ClientOptions(api_endpoint=api_endpoint) if api_endpoint else None
         clients = dict(credentials=credentials, transport="rest", client_options=options)
@@ -138,6 +157,11 @@ class CloudRunTarget:
         self.identity = identity  # audience -> credentials whose token is an identity token
         # Secret variables as Secret Manager references: name -> (secret, pinned version).
         self.secrets = dict(secrets or {})
+        self.project = project
+        self.logging_url = f"{(logging_endpoint or LOGGING_ENDPOINT).rstrip('/')}/v2/entries:list"
+        self.log_wait = log_wait  # at most this long for an execution's entries to settle
+        scoped = google.auth.credentials.with_scopes_if_required(credentials, LOGGING_SCOPES)
+        self.log_session = google.auth.transport.requests.AuthorizedSession(scoped)
 
     # -- facts ---------------------------------------------------------------------------
     def check(self) -> None:
@@ -151,6 +175,7 @@ class CloudRunTarget:
                     "api_service/worker_service in the Cloud Run settings block"
                 )
         self._get_job()  # may be missing (the first run_oneoff creates it), must be readable
+        self._list_entries(self._log_filter(), page_size=1, pages=1)  # Logging is readable
 
     def read_state(self) -> TargetState:
         api = self._serving(self._get_service(self.api_name))
@@ -317,12 +342,87 @@ class CloudRunTarget:
             name=operation.metadata.name,
             retry=READ_RETRY,
         )
+        log = self.execution_log(short_name(execution.name))
         if execution.succeeded_count >= 1:
-            return OneOffResult(0, f"execution {short_name(execution.name)} succeeded")
+            return OneOffResult(0, f"{log}execution {short_name(execution.name)} succeeded")
         message = next((c.message for c in execution.conditions if c.message), "no message")
         exit_code = re.search(r"exit code of (\d+)", message)
-        output = f"{message}\nexecution {short_name(execution.name)} logs: {execution.log_uri}"
+        output = f"{log}{message}\nexecution {short_name(execution.name)} logs: {execution.log_uri}"
         return OneOffResult(int(exit_code.group(1)) if exit_code else 1, output)
+
+    def execution_log(self, execution: str) -> str:
+        """The output of a job execution (stdout and stderr, one line per entry), read from
+        Cloud Logging once its entries stop arriving: read until two reads
+        LOG_POLL_SECONDS apart see the same entries (and at least one), or `log_wait`."""
+        where = self._log_filter(execution)
+        deadline = time.monotonic() + self.log_wait
+        entries = self._list_entries(where)
+        while time.monotonic() < deadline:
+            time.sleep(min(LOG_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            again = self._list_entries(where)
+            if entries and len(again) == len(entries):
+                break
+            entries = again
+        if not entries:
+            return (
+                f"(Cloud Logging listed no entries of execution {execution} within "
+                f"{self.log_wait:.0f} s: the command printed nothing, its entries are late "
+                "(raise log_wait_seconds in the Cloud Run settings block) or a log exclusion "
+                "drops cloud_run_job entries)\n"
+            )
+        return "".join(f"{_entry_text(entry)}\n" for entry in entries)
+
+    def _log_filter(self, execution: str | None = None) -> str:
+        where = (
+            'resource.type="cloud_run_job" AND '
+            f'resource.labels.job_name="{short_name(self.job_name)}"'
+        )
+        if execution:
+            where += f' AND labels."run.googleapis.com/execution_name"="{execution}"'
+        return where
+
+    def _list_entries(
+        self, where: str, page_size: int = LOG_PAGE_SIZE, pages: int | None = None
+    ) -> list[dict]:
+        """Logging API v2 entries:list of this project, oldest first, every page."""
+        body: dict = {
+            "resourceNames": [f"projects/{self.project}"],
+            "filter": where,
+            "orderBy": "timestamp asc",
+            "pageSize": page_size,
+        }
+        entries: list[dict] = []
+        while True:
+            try:
+                response = self.log_session.post(self.logging_url, json=body, timeout=30)
+            except auth_exceptions.RefreshError as exc:
+                raise AuthenticationError(
+                    f"read the job's logs: the service-account key was refused ({exc}); "
+                    "replace the key in the GcpCredentials block"
+                ) from None
+            except (auth_exceptions.TransportError, requests.exceptions.RequestException) as exc:
+                raise TransientError(f"Cloud Logging did not answer ({exc})") from None
+            if response.status_code in (401, 403):
+                raise ConfigurationError(
+                    f"Cloud Logging refused to list the log entries of job "
+                    f"{short_name(self.job_name)} in project {self.project} "
+                    f"({response.status_code} {_api_message(response)}): {LOGGING_FIX}"
+                )
+            if response.status_code == 429 or response.status_code >= 500:
+                raise TransientError(
+                    f"Cloud Logging: {response.status_code} {_api_message(response)}"
+                )
+            if response.status_code != 200:
+                raise StepFailed(
+                    f"Cloud Logging entries:list: {response.status_code} {_api_message(response)}"
+                )
+            page = response.json()
+            entries += page.get("entries", [])
+            token = page.get("nextPageToken")
+            pages = None if pages is None else pages - 1
+            if not token or pages == 0:
+                return entries
+            body["pageToken"] = token
 
     def _job_task(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
@@ -366,6 +466,7 @@ class CloudRunTarget:
             self.scale_workers(state.image, state.version or "unknown", state.replicas)
 
     def close(self) -> None:
+        self.log_session.close()
         for client in (self.services, self.revisions, self.jobs, self.executions):
             client.transport.close()
 
@@ -542,6 +643,21 @@ def _secret_refs(secrets: dict[str, tuple[str, str]]) -> list[run_v2.EnvVar]:
         )
         for name, (secret, version) in sorted(secrets.items())
     ]
+
+
+def _entry_text(entry: dict) -> str:
+    """A log entry's line: its text, or a structured entry's message."""
+    if "textPayload" in entry:
+        return str(entry["textPayload"]).rstrip("\n")
+    payload = entry.get("jsonPayload") or {}
+    return str(payload.get("message", payload)).rstrip("\n")
+
+
+def _api_message(response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]
 
 
 def _env(values: dict[str, str]) -> list[run_v2.EnvVar]:

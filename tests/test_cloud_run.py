@@ -25,11 +25,13 @@ from flows.release import release as release_flow
 from ledger.store import Ledger
 from targets.base import Processes
 from targets.errors import AuthenticationError, ConfigurationError, StepFailed, TransientError
-from targets.registry import login, registry_auth
-from tasks.check_migrations import RehearsalNotIsolated, rehearse
+from targets.registry import login, push_image, registry_auth
+from tasks.check_migrations import MigrationRefused, RehearsalNotIsolated, rehearse
+from tasks.check_migrations import check_migrations as check_migrations_task
 from tasks.deploy import deploy_api as deploy_api_task
 from tests import services
 from tests.backend import backend_context
+from tests.conftest import build_image
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import refused, schema
 
@@ -63,6 +65,7 @@ def make_settings(fake: FakeCloudRun, *, authorized: bool = True, **overrides):
         migration_job=f"migrate-{suffix}",
         cloudsql_instances=[CLOUDSQL],
         api_endpoint=fake.url,
+        logging_endpoint=fake.url,
         operation_timeout_seconds=90,
     )
     fields.update(overrides)
@@ -215,6 +218,9 @@ def test_failed_migration_job_surfaces_the_error_and_the_schema_is_restored(
 
     assert result.exit_code == 1
     assert "exit code of 1" in result.output
+    # the job's own output, read from Cloud Logging: Alembic's traceback
+    assert "RuntimeError: injected failure in migration 0002" in result.output
+    assert "Running upgrade 0001 -> 0002" in result.output
     assert schema(pg, database) == "0001"  # stopped at the last good revision
     restored = target.run_oneoff(broken, ["alembic", "downgrade", "base"], {}, timeout=120)
     assert restored.exit_code == 0
@@ -313,7 +319,8 @@ def test_release_flow_releases_then_rolls_back_a_broken_candidate(
     first = release_flow(env.environment, image=v1)
 
     assert first["outcome"] == "released"
-    assert logged("migration check SKIPPED: the cloudrun target returns no output")
+    assert logged("pending revisions: 0001, 0002, 0003")  # read from the job's log
+    assert logged("rehearsal passed in")
     target = connect_target(env)
     assert health(target.service_url())["version"] == "cr-v1"
     before = target.read_state()
@@ -492,10 +499,14 @@ def test_the_migration_job_runs_as_the_api_service_runs(fake, pg, database):
     client.update_service(service=service).result(60)
     target = connect(settings, "staging", {"DATABASE_URL": pg.url(database)})
 
-    reads_secret = "import os, sys; sys.exit(os.environ['JWT_SECRET_KEY'][:6] != 'jwt-3-')"
+    reads_secret = (
+        "import os, sys; ok = os.environ['JWT_SECRET_KEY'][:6] == 'jwt-3-'; "
+        "print('secret version 3:', ok); sys.exit(not ok)"
+    )
     result = target.run_oneoff(PLACEHOLDER, ["python3", "-c", reads_secret], {}, timeout=60)
 
     assert result.exit_code == 0  # the job's container got version 3 of the secret
+    assert "secret version 3: True" in result.output  # its output, from Cloud Logging
     task = fake.job(settings.migration_job)["template"]["template"]
     assert task["serviceAccount"] == account
     assert task["vpcAccess"] == {"connector": connector, "egress": 1}
@@ -659,3 +670,120 @@ def test_a_missing_secret_version_is_refused_before_any_change(fake, settings, m
 
     assert fake.mutations() == changes
     assert in_flight(env.environment) is None
+
+
+# -- the migration check reads the job's output from Cloud Logging ---------------------------
+DROP_COLUMN = "revision 0004: drop column (ALTER TABLE projects DROP COLUMN description;)"
+
+
+@pytest.fixture(scope="module")
+def breaking_image(engine, registry, tmp_path_factory) -> str:
+    """The example at 0003 plus a revision 0004 that drops a column the running version uses."""
+    revision = (
+        '"""drop a column"""\n\nfrom alembic import op\n\nrevision = "0004"\n'
+        'down_revision = "0003"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        'def upgrade() -> None:\n    op.drop_column("projects", "description")\n\n\n'
+        "def downgrade() -> None:\n    pass\n"
+    )
+    extra = {"migrations/versions/0004_drop.py": revision}
+    context = backend_context(tmp_path_factory.mktemp("cr-breaking"), "0003", extra)
+    auth = registry_auth(registry.username, registry.password)
+    reference, _ = push_image(engine, build_image(context, "cr-breaking", {}), auth, lambda _: None)
+    return reference
+
+
+def columns(pg, database, table: str) -> set[str]:
+    rows = pg.query(
+        database, "select column_name from information_schema.columns where table_name = %s", table
+    )
+    return {r[0] for r in rows}
+
+
+@pytest.mark.migrations
+def test_a_breaking_revision_is_refused_on_cloud_run_before_any_change(
+    fake, settings, make_env, database, build_backend, breaking_image, pg
+):
+    """The migration job's output comes from Cloud Logging, so the check lints the pending
+    revision as on the Docker host: a dropped column is refused, nothing changes."""
+    env = make_env(database, target="cloudrun", cloud_run=settings, registry_credentials=None)
+    env.save(env.environment, overwrite=True)
+    assert release_flow(env.environment, image=build_backend("cr-v1"))["outcome"] == "released"
+    target = connect_target(env)
+    before, changes = target.read_state(), fake.mutations()
+
+    with refused(MigrationRefused) as info:
+        release_flow(env.environment, image=breaking_image)
+
+    message = str(info.value)
+    assert DROP_COLUMN in message and "allow_breaking=['0004']" in message
+    assert target.read_state() == before
+    assert [m for m in fake.mutations()[len(changes) :] if "/jobs" not in m[1]] == []
+    assert schema(pg, database) == "0003"
+    assert "description" in columns(pg, database, "projects")
+    assert health(target.service_url())["version"] == "cr-v1"
+    assert in_flight(env.environment) is None
+
+    accepted = check_migrations_task(
+        env, target, breaking_image, current="0003", allow_breaking=["0004"]
+    )
+
+    assert accepted.pending == ["0004"] and "drop column" in accepted.accepted[0]
+    assert accepted.rehearsal_seconds > 0  # really rehearsed, in Cloud Run jobs
+    assert schema(pg, database) == "0003"  # on the scratch database
+
+
+@pytest.mark.faults
+@pytest.mark.migrations
+def test_a_failed_cloud_run_migration_shows_alembic_error_in_the_release_failure(
+    fake, settings, make_env, database, build_backend, pg
+):
+    env = make_env(
+        database,
+        target="cloudrun",
+        cloud_run=settings,
+        registry_credentials=None,
+        migration_rehearsal=False,  # the rehearsal would refuse it first
+    )
+    env.save(env.environment, overwrite=True)
+    first = release_flow(env.environment, image=build_backend("cr-v1", head="0001"))
+    assert first["outcome"] == "released"
+    target = connect_target(env)
+    before = target.read_state()
+
+    with pytest.raises(ReleaseFailed) as info:
+        release_flow(env.environment, image=build_backend("cr-badmig", fail_migration="0002"))
+
+    message = str(info.value)
+    assert "failed at step 'migrate'" in message
+    assert "injected failure in migration 0002" in message  # read back from Cloud Logging
+    assert "Rolled back and verified" in message
+    assert schema(pg, database) == "0001"
+    assert target.read_state() == before
+
+
+@pytest.mark.faults
+def test_a_project_without_logging_access_is_refused_by_the_preflight(fake, settings):
+    fake.deny_logging()
+    target = connect(settings, "staging", {})
+    changes = fake.mutations()
+
+    with pytest.raises(ConfigurationError, match=r"roles/logging\.viewer") as info:
+        target.check()
+
+    assert "logging.logEntries.list" in str(info.value)
+    assert fake.mutations() == changes
+
+
+def test_job_output_is_read_once_its_delayed_log_entries_arrive(fake, target, build_backend):
+    """Cloud Logging lists an execution's entries some seconds after it ends: the adapter
+    waits for them instead of returning an empty output."""
+    fake.log_delay = 3.0
+    image = build_backend("cr-v1")
+
+    lines = "import sys; print('to stdout'); print('to stderr', file=sys.stderr)"
+    started = time.monotonic()
+    result = target.run_oneoff(image, ["python", "-c", lines], {}, timeout=120)
+
+    assert result.exit_code == 0
+    assert "to stdout\nto stderr\n" in result.output
+    assert time.monotonic() - started > 3.0

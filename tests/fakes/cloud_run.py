@@ -23,6 +23,14 @@ made private with `require_authentication()` answers 403 without an identity tok
 `/token` issues for a `target_audience` grant) and 401 with an invalid one; getIamPolicy
 shows whether allUsers may invoke it. A fake Secret Manager (`add_secret_version()`, the
 versions.get call) resolves `secretKeyRef` variables into the real containers' env.
+
+A fake Cloud Logging API v2 (`POST /v2/entries:list`, on the same server and with the same
+auth) serves each job execution's output as Cloud Run writes it: one entry per stdout/stderr
+line of the real container (`textPayload`), with the `cloud_run_job` resource labels and the
+`run.googleapis.com/execution_name` label, filtered by the `A="x" AND B="y"` filters the
+adapter sends, ordered by timestamp, paged. `log_delay` holds an execution's entries back for
+that long after it ends, as Cloud Logging's ingestion delay does; `deny_logging()` answers
+403 as a project without roles/logging.viewer does.
 """
 
 import http.client
@@ -140,6 +148,9 @@ class FakeCloudRun:
         self.jobs: dict[str, dict] = {}
         self.executions: dict[str, dict] = {}
         self.execution_logs: dict[str, str] = {}
+        self.log_entries: list[tuple[float, dict]] = []  # (visible from, LogEntry JSON)
+        self.log_delay = 0.0  # seconds an execution's entries take to become listable
+        self.logging_denied = False
         self.operations: dict[str, dict] = {}
         self.accounts: dict[str, tuple[bytes, bool]] = {}  # key id -> (public PEM, authorized)
         self.issued_tokens: dict[str, bool] = {access_token: True}
@@ -215,6 +226,10 @@ class FakeCloudRun:
             versions.append(value)
             return str(len(versions))
 
+    def deny_logging(self) -> None:
+        """entries:list answers 403, as for an account without roles/logging.viewer."""
+        self.logging_denied = True
+
     def require_authentication(self, service: str) -> None:
         """The service is no longer public (as without `--allow-unauthenticated`): its URLs
         answer 403 without an identity token and 401 with an invalid one."""
@@ -234,7 +249,8 @@ class FakeCloudRun:
             self.faults.append(Fault(status, method, path_contains, count))
 
     def mutations(self) -> list[tuple[str, str]]:
-        return [(m, p) for m, p in self.requests if m != "GET"]
+        """Every call that changes something (entries:list is a POST that reads)."""
+        return [(m, p) for m, p in self.requests if m != "GET" and p != "/v2/entries:list"]
 
     def service(self, name: str) -> dict:
         """The stored service (full or short name), as the API would return it."""
@@ -327,6 +343,9 @@ class FakeCloudRun:
         if method == "GET" and version:  # Secret Manager: a version's metadata, no payload
             with self.lock:
                 return self._secret_version(version["p"], version["s"], version["v"])
+        if method == "POST" and path == "/v2/entries:list":  # Cloud Logging
+            with self.lock:
+                return self._list_entries(data)
         routes = [
             ("GET", r"/services/(?P<s>[^/:]+)", self._get_service),
             ("POST", r"/services", self._create_service),
@@ -802,6 +821,7 @@ class FakeCloudRun:
                 handle.kill()
                 code, message = 124, f"Task exceeded its timeout of {timeout:.0f}s."
             self.execution_logs[execution["name"]] = handle.logs().decode(errors="replace")
+            self._record_log(execution["name"], handle)
             handle.remove(force=True)
         except (docker.errors.DockerException, SecretUnavailable) as exc:
             code, message = 1, f"The task could not start: {exc}"
@@ -830,6 +850,69 @@ class FakeCloudRun:
                 self._fail(operation, 9, "The execution failed.")
             else:
                 self._done(operation, "Execution", execution)
+
+    # -- Cloud Logging -------------------------------------------------------------------
+    def _record_log(self, execution: str, handle) -> None:
+        """The container's stdout and stderr lines as Cloud Run's log entries."""
+        _, project, _, location, _, job, _, short = execution.split("/")
+        lines = []
+        for stream in ("stdout", "stderr"):
+            raw = handle.logs(stdout=stream == "stdout", stderr=stream == "stderr", timestamps=True)
+            for n, line in enumerate(raw.decode(errors="replace").splitlines()):
+                stamp, _, text = line.partition(" ")
+                lines.append((stamp, stream, n, text))
+        visible = time.monotonic() + self.log_delay
+        with self.lock:
+            for stamp, stream, _, text in sorted(lines):
+                entry = {
+                    "logName": f"projects/{project}/logs/run.googleapis.com%2F{stream}",
+                    "resource": {
+                        "type": "cloud_run_job",
+                        "labels": {"job_name": job, "location": location, "project_id": project},
+                    },
+                    "textPayload": text,
+                    "timestamp": stamp,
+                    "receiveTimestamp": now(),
+                    "insertId": secrets.token_hex(8),
+                    "labels": {
+                        "run.googleapis.com/execution_name": short,
+                        "run.googleapis.com/task_index": "0",
+                        "run.googleapis.com/task_attempt": "0",
+                    },
+                }
+                self.log_entries.append((visible, entry))
+
+    def _list_entries(self, data: dict) -> dict:
+        if self.logging_denied:
+            raise ApiError(
+                403,
+                "Permission 'logging.logEntries.list' denied on resource (or it may not exist).",
+            )
+        projects = {r.removeprefix("projects/") for r in data.get("resourceNames", [])}
+        if not projects or any("/" in p for p in projects):
+            raise ApiError(400, "resourceNames: expected projects/PROJECT_ID")
+        terms = []
+        for term in filter(None, re.split(r"\s+AND\s+", data.get("filter", "").strip())):
+            match = re.fullmatch(r'([\w.]+(?:\."[^"]+")?)\s*=\s*"((?:[^"\\]|\\.)*)"', term)
+            if not match:
+                raise ApiError(400, f"Unparseable filter: {term}")
+            terms.append((match[1], match[2]))
+        if data.get("orderBy", "timestamp asc") != "timestamp asc":
+            raise ApiError(400, "the fake only orders by 'timestamp asc'")
+        shown = time.monotonic()
+        found = [
+            entry
+            for visible, entry in self.log_entries
+            if visible <= shown
+            and entry["resource"]["labels"]["project_id"] in projects
+            and all(_field(entry, key) == value for key, value in terms)
+        ]
+        size = min(int(data.get("pageSize") or 50), 1000)
+        start = int(data.get("pageToken") or 0)
+        page = {"entries": found[start : start + size]}
+        if start + size < len(found):
+            page["nextPageToken"] = str(start + size)
+        return page
 
     def _get_execution(self, parent, data, query, j, e) -> dict:
         execution = self.executions.get(f"{parent}/jobs/{j}/executions/{e}")
@@ -913,3 +996,14 @@ class FakeCloudRun:
         except OSError:
             return self._reply(req, 503, b"Service Unavailable", "text/plain")
         self._reply(req, response.status, data, response.getheader("Content-Type", "text/plain"))
+
+
+def _field(entry: dict, key: str) -> str | None:
+    """A LogEntry field as a filter names it: `resource.labels.job_name`,
+    `labels."run.googleapis.com/execution_name"`."""
+    value = entry
+    for part in re.findall(r'"[^"]+"|[^.]+', key):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part.strip('"'))
+    return value if isinstance(value, str) else None
