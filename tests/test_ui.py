@@ -5,6 +5,7 @@ before `prefect deploy`, so the form offers exactly them: `staging`, and `produc
 requires an approval. Every step leaves a screenshot under the test's tmp_path.
 """
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from tests import services
 from tests.backend import TEST_REPOSITORY
-from tests.releases import served_version, wait_until
+from tests.releases import served_version
 from tests.stack import Stack, deploy, start_server, start_worker
 from tests.test_triggers import completed, paused_release, runs_of, subflows
 
@@ -49,6 +50,7 @@ FIELDS = [  # what a person decides first: where, what, then the knobs
     "on_busy",
 ]
 WAIT = 120  # seconds a page may take to show what a step waits for
+RESUBMIT = 20  # seconds after which a click that left the form in place is repeated
 
 
 # --- the stack: server with its UI, environments, deployments, worker --------------------
@@ -235,12 +237,20 @@ def submit_release(ui: Ui, stack: Stack, environment: str, image: str) -> FlowRu
     ui.shot(f"form-{environment}")
     ui.click("Submit")
     # The run exists (the UI's "scheduled to start now" toast may come and go between two
-    # looks on a busy machine: the server's word is what counts).
-    [flow_run] = wait_until(
-        lambda: [r for r in runs_of(stack, DEPLOYMENT) if r.id not in before],
-        "the run the form started",
-        WAIT,
-    )
+    # looks on a busy machine: the server's word is what counts). On a busy machine a click
+    # can land while the page still validates what was typed, and do nothing: while the form
+    # is still there and the server has no run from it, the person clicks again.
+    deadline, clicked = time.monotonic() + WAIT, time.monotonic()
+    while not (runs := [r for r in runs_of(stack, DEPLOYMENT) if r.id not in before]):
+        if time.monotonic() > deadline:
+            ui.shot("no-run")
+            pytest.fail(f"the form started no run within {WAIT} s")
+        if time.monotonic() - clicked > RESUBMIT and ui.driver.current_url.endswith("/run"):
+            ui.shot(f"still-on-the-form-{environment}")
+            ui.click("Submit")
+            clicked = time.monotonic()
+        time.sleep(0.5)
+    [flow_run] = runs
     ui.shot(f"submitted-{environment}")
     return flow_run
 
