@@ -65,11 +65,6 @@ class EcsSettings(Block):
         "circuit-breaker rule (half the desired count, at least 3, at most 200), left to ECS "
         "itself when the service enables its deployment circuit breaker.",
     )
-    read_task_logs: bool = Field(
-        default=True,
-        description="Read one-off task output (migrations) from CloudWatch Logs when the "
-        "container uses the awslogs driver (needs logs:GetLogEvents).",
-    )
 
 
 def connect(
@@ -101,7 +96,7 @@ def connect(
             poll_seconds=settings.rollout_poll_seconds,
             failed_tasks_threshold=settings.failed_tasks_threshold,
         ),
-        logs=_client(creds, "logs") if settings.read_task_logs else None,
+        logs=_client(creds, "logs"),
         oneoff_env={**container_env, "APP_ENVIRONMENT": environment_name},
         env=plain_env,
         secrets=secrets,
@@ -113,12 +108,12 @@ def connect(
 def secret_references(settings: EcsSettings, references: dict[str, str]) -> dict[str, str]:
     """The ARN ECS reads each secret variable from ({name: ARN}), for {name: reference}: an
     AwsSecret block ('aws-secret/<block>') names a Secrets Manager secret, whose ARN its own
-    credentials look up (`describe_secret`); an SSM parameter ARN is taken as it is, once
-    the settings' credentials find the parameter (`describe_parameters`). A secret that is
-    missing, scheduled for deletion, without a current value or not readable with the
-    credentials is a ConfigurationError before any change; a plain `Secret` block is refused
-    before any block is read (its value would sit in the task definition). No value is ever
-    read."""
+    credentials look up (`describe_secret`), pinned to its current version; an SSM
+    parameter ARN is taken as it is, once the settings' credentials find the parameter
+    (`describe_parameters`). A secret that is missing, scheduled for deletion, without a
+    current value or not readable with the credentials is a ConfigurationError before any
+    change; a plain `Secret` block is refused before any block is read (its value would sit
+    in the task definition). No value is ever read."""
     plain = sorted(n for n, ref in references.items() if ref.split("/", 1)[0] == "secret")
     if plain:
         raise ConfigurationError(
@@ -191,12 +186,15 @@ def _secret_arn(name: str, reference: str) -> str:
             "(aws secretsmanager restore-secret) or reference another one"
         )
     stages = secret.get("VersionIdsToStages") or {}
-    if not any("AWSCURRENT" in labels for labels in stages.values()):
+    current = [version for version, labels in stages.items() if "AWSCURRENT" in labels]
+    if not current:
         raise ConfigurationError(
             f"secret variable {name}: the Secrets Manager secret {block.secret_name!r} has no "
             "current value for ECS to read: put one (aws secretsmanager put-secret-value)"
         )
-    return secret["ARN"]
+    # ECS's valueFrom `arn:json-key:version-stage:version-id`: pinned to the version that is
+    # current now, so a task restarted later, or a rollback, runs the value this release ran.
+    return f"{secret['ARN']}:::{current[0]}"
 
 
 def registry_credentials(

@@ -92,7 +92,7 @@ def release(
         saga.record.irreversible = check.irreversible
         saga.record.approved_by = approve(env, version, prepared.api)
         schema = snapshot.schema_revision
-        if check.needs_migration:
+        if check.pending:
             saga.record.schema_image = images["migrate"]
             schema = saga.step(
                 "migrate",

@@ -136,6 +136,7 @@ class EcsTarget:
         self,
         ecs,
         *,
+        logs,
         cluster: str,
         api_service: str,
         worker_service: str,
@@ -143,7 +144,6 @@ class EcsTarget:
         api_url: str,
         version_label: str = DEFAULT_VERSION_LABEL,
         rollout: RolloutPolicy | None = None,
-        logs=None,
         oneoff_env: dict[str, str] | None = None,
         env: dict[str, str] | None = None,
         secrets: dict[str, str] | None = None,
@@ -152,8 +152,9 @@ class EcsTarget:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """`ecs` (and optional CloudWatch `logs`) are boto3 clients. `oneoff_env` fills the
-        environment of one-off tasks for names the task definition does not define itself.
+        """`ecs` and CloudWatch `logs` are boto3 clients (one-off output is read with
+        logs:GetLogEvents). `oneoff_env` fills the environment of one-off tasks for names
+        the task definition does not define itself.
         `env` (plain values only: the environment's env file and `env`) is set in the
         container of every revision a release registers for the API and the workers,
         replacing variables of the same name; `secrets` (name -> Secrets Manager or SSM
@@ -261,8 +262,8 @@ class EcsTarget:
         self, image: str, command: list[str], env: dict[str, str], timeout: float
     ) -> OneOffResult:
         """`run_task` of a revision running `image` with the command overridden; waits for
-        STOPPED and returns the container's exit code and its CloudWatch log (awslogs driver),
-        or the stopped reason where the task definition ships no logs."""
+        STOPPED and returns the container's exit code and its CloudWatch log (awslogs driver;
+        without it, why there is no output), then the stopped reason."""
         service = self._service(self.api_service)
         # A variable passed here that the task definition holds as a secret is removed from
         # the one-off revision: which of an override and a secret wins must not be left to
@@ -328,8 +329,7 @@ class EcsTarget:
 
     def close(self) -> None:
         self.ecs.close()
-        if self.logs is not None:
-            self.logs.close()
+        self.logs.close()
 
     # -- task definitions ------------------------------------------------------------------
     def _revision_with(
@@ -637,14 +637,17 @@ class EcsTarget:
             self._sleep(min(self.rollout.poll_seconds, 2.0))
 
     def _task_logs(self, container: dict, task_arn: str) -> str:
-        """The task's log from CloudWatch when the container uses the awslogs driver."""
+        """The task's log from CloudWatch when the container uses the awslogs driver;
+        otherwise why there is none and the fix."""
         config = container.get("logConfiguration", {})
         options = config.get("options", {})
-        if self.logs is None or config.get("logDriver") != "awslogs":
-            return ""
         group, prefix = options.get("awslogs-group"), options.get("awslogs-stream-prefix")
-        if not group or not prefix:
-            return ""
+        if config.get("logDriver") != "awslogs" or not group or not prefix:
+            return (
+                f"(no output: container {self.container_name!r} of the API service's task "
+                "definition has no awslogs logConfiguration with awslogs-group and "
+                "awslogs-stream-prefix, so a one-off's output cannot be read: add one)"
+            )
         stream = f"{prefix}/{self.container_name}/{task_arn.rsplit('/', 1)[-1]}"
         try:
             events = self.logs.get_log_events(

@@ -71,12 +71,6 @@ class MigrationCheck:
     rehearsal_seconds: float | None = None
     irreversible: list[str] = field(default_factory=list)  # accepted one-way revisions
     warnings: list[str] = field(default_factory=list)  # reported, not refused
-    known: bool = True  # False: the target returned no output, the revisions were not read
-
-    @property
-    def needs_migration(self) -> bool:
-        """Whether `migrate` has anything to do (when unknown, it runs and finds out)."""
-        return bool(self.pending) or not self.known
 
 
 @task(name="check-migrations", cache_policy=NO_CACHE, **transient_retries(2))
@@ -92,12 +86,6 @@ def check_migrations(
     """Refuse breaking or irreversible pending revisions, then rehearse the round trip."""
     logger = get_run_logger()
     revisions = probe_revisions(env, target, image, lower=current, upper="heads")
-    if revisions is None:
-        logger.warning(
-            f"migration check SKIPPED: the {env.target} target returns no output from one-off "
-            "runs, so the pending revisions cannot be read, linted or rehearsed here"
-        )
-        return MigrationCheck([], known=False)
     pending = [r.revision for r in revisions]
     allowed = set(allow_breaking or [])
     if unknown := sorted(allowed - set(pending)):
@@ -149,9 +137,9 @@ def check_migrations(
 
 def probe_revisions(
     env: ReleaseEnvironment, target: Target, image: str, *, lower: str | None, upper: str
-) -> list[ProbedRevision] | None:
-    """The revisions of `image` in (lower, upper], rendered offline one by one; None where
-    the target returns no output from one-off runs."""
+) -> list[ProbedRevision]:
+    """The revisions of `image` in (lower, upper], rendered offline one by one. A one-off
+    whose output cannot be read is refused: the revisions would go unchecked."""
     result = target.run_oneoff(
         image,
         env.application.migrate.cli().probe(lower, upper),
@@ -172,7 +160,12 @@ def probe_revisions(
             f"{migration_error(env, result.output)}"
         )
     if PROBE_MARKER not in result.output:
-        return None  # the target does not return one-off output
+        raise StepFailed(
+            f"the migration check cannot read the revisions of {image}: the {env.target} "
+            f"one-off succeeded but its output did not reach the check ({result.output.strip()}"
+            "). Unchecked migrations are not released: make the one-off's output readable "
+            "as said above, then release again"
+        )
     return revisions
 
 
@@ -183,7 +176,7 @@ def check_downgrade(
     """Before a restore of an earlier release changes anything: `image` (the migrate image
     that runs now: it knows the newer revisions) can take the schema from `current` down to
     `revision`, and every revision on the way really downgrades."""
-    revisions = probe_revisions(env, target, image, lower=revision, upper=current) or []
+    revisions = probe_revisions(env, target, image, lower=revision, upper=current)
     one_way = [
         f"revision {r.revision} is irreversible: {r.irreversible}, so a rollback could not undo it"
         for r in revisions

@@ -16,7 +16,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect_gcp import GcpCredentials, GcpSecret
 from pydantic import ValidationError
 
-from blocks.application import ApplicationSpec, Build, Database
+from blocks.application import Api, ApplicationSpec, Database
 from blocks.cloud_run import CloudRunSettings, connect, registry_credentials
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows.errors import ReleaseFailed
@@ -30,10 +30,11 @@ from tasks.check_migrations import MigrationRefused, RehearsalNotIsolated, rehea
 from tasks.check_migrations import check_migrations as check_migrations_task
 from tasks.deploy import deploy_api as deploy_api_task
 from tests import services
-from tests.backend import backend_context
+from tests.backend import backend_context, monorepo_context
 from tests.conftest import build_image
 from tests.fakes.cloud_run import FakeCloudRun
 from tests.releases import refused, schema
+from tests.test_appspec import RUNTIME_SECRETS, leaked, monorepo_spec, readable_everywhere
 
 pytestmark = [pytest.mark.cloudrun, pytest.mark.docker]
 
@@ -337,8 +338,8 @@ def test_release_flow_releases_then_rolls_back_a_broken_candidate(
 def test_the_rehearsal_job_proves_it_talks_to_the_scratch_database(
     fake, settings, make_env, database, pg, build_backend
 ):
-    """A job's output is not readable here, but its exit code is: a rehearsal job that
-    cannot see its scratch database refuses before changing anything."""
+    """A rehearsal job that cannot see its scratch database refuses before changing
+    anything (told by its exit code, whatever Cloud Logging holds)."""
     image = build_backend("cr-iso", reads_database="sqlalchemy-url")
     cloud_run = dict(target="cloudrun", cloud_run=settings, registry_credentials=None)
     old_way = make_env(database, env={"SQLALCHEMY_DATABASE_URL": pg.url(database)}, **cloud_run)
@@ -544,41 +545,88 @@ def test_a_service_that_requires_authentication_is_verified_with_an_identity_tok
 
 
 @pytest.mark.appspec
-def test_each_role_runs_its_own_stage_image_on_cloud_run(
-    fake, settings, make_env, database, engine, tmp_path
+@pytest.mark.migrations
+def test_monorepo_on_cloud_run_v1_v2_then_a_broken_v3_rolled_back_with_its_schema(
+    fake, settings, make_env, database, engine, pg, tmp_path
 ):
-    """A spec that builds api, worker and migrate from different stages: the API service,
-    the worker service and the migration job each run their own stage's image."""
-    context = backend_context(tmp_path)
-    dockerfile = context / "Dockerfile"
-    text = dockerfile.read_text().replace(
-        "FROM python:3.11-slim\n", "FROM python:3.11-slim AS app\n"
+    """The monorepo backend (a stage per role, secrets it refuses to start without, its
+    database as SQLALCHEMY_DATABASE_URL, no version on /health) on Cloud Run: each role
+    runs its own stage's image, the secrets are Secret Manager references resolved into
+    the running containers, and a broken v3 is rolled back with its schema."""
+    settings.secret_manager_endpoint = fake.url
+    started = time.time()
+    values = {name: f"{name.lower()}-{uuid.uuid4().hex}" for name in RUNTIME_SECRETS}
+    secrets = {name: gcp_secret(fake, settings, value)[1] for name, value in values.items()}
+    token = f"cr-token-{settings.api_service}"
+    Secret(value=f"token-{uuid.uuid4().hex}").save(token, overwrite=True)
+    spec = monorepo_spec(token=f"secret/{token}")
+    # Cloud Run hands the port over in $PORT, and the fake runs instances on the host network.
+    spec.api = Api(
+        port=8080,
+        port_variable=None,
+        command=[
+            "sh",
+            "-c",
+            "exec gunicorn -c /app/gunicorn.conf.py --bind 127.0.0.1:$PORT "
+            "rhesis.backend.app.main:app",
+        ],
     )
-    for stage in ("worker", "migrate", "api"):
-        text += f"\nFROM app AS {stage}\nLABEL io.example.stage={stage}\n"
-    dockerfile.write_text(text)
-    roles = ApplicationSpec(build=Build(stages={r: r for r in ("api", "worker", "migrate")}))
     env = make_env(
         database,
         target="cloudrun",
         cloud_run=settings,
         registry_credentials=None,
-        application=roles,
+        application=spec,
+        secrets=secrets,
+        worker_count=1,
     )
     env.save(env.environment, overwrite=True)
 
-    outcome = release_flow(env.environment, source=str(context), version="cr-roles")
+    def release(head: str, version: str, **faults) -> dict:
+        source = monorepo_context(tmp_path, head, **faults)
+        return release_flow(env.environment, source=str(source), version=version)
 
-    assert outcome["outcome"] == "released"
-    images = outcome["images"]
+    first = release("0002", "m1")
+
+    assert (first["outcome"], schema(pg, database)) == ("released", "0002")
+    images = first["images"]
     stages = {
         role: engine.images.get(image).labels["io.example.stage"] for role, image in images.items()
     }
-    assert stages == {"api": "api", "worker": "worker", "migrate": "migrate"}
-    state = connect_target(env).read_state()
+    assert stages == {"api": "backend", "worker": "worker", "migrate": "migrate"}
+    target = connect_target(env)
+    state = target.read_state()
     assert (state.api.image, state.workers.image) == (images["api"], images["worker"])
     [job_container] = fake.job(settings.migration_job)["template"]["template"]["containers"]
     assert job_container["image"] == images["migrate"]
+
+    second = release("0003", "m2")
+
+    assert (second["outcome"], schema(pg, database)) == ("released", "0003")
+    assert health(target.service_url()) == {"code": 200, "status": "ok"}
+    released = target.read_state()
+    for revision in (released.api.revision, released.workers.revision):
+        label = f"io.rhesis.fake-cloudrun.revision={revision}"
+        [running, *_] = engine.containers.list(filters={"label": label})
+        variables = dict(e.split("=", 1) for e in running.attrs["Config"]["Env"])
+        resolved = all(variables[name] == value for name, value in values.items())
+        assert resolved  # compared, never printed
+        definition = json.dumps(fake.revision(revision)["containers"][0]["env"])
+        assert not [name for name, value in values.items() if value in definition]
+
+    with pytest.raises(ReleaseFailed) as info:
+        release("0004", "m3-broken", fail_health=True)
+
+    assert info.value.outcome == "rolled back" and info.value.step == "verify-api"
+    assert "schema back to 0003" in str(info.value)
+    assert schema(pg, database) == "0003"
+    assert "description" not in columns(pg, database, "projects")
+    assert target.read_state() == released
+    assert health(target.service_url()) == {"code": 200, "status": "ok"}
+    assert in_flight(env.environment) is None
+    with Ledger(env.database_url_value()) as ledger:
+        rows = repr(ledger.history(env.environment))
+    assert leaked(values, [rows, str(info.value), *readable_everywhere(since=started)]) == []
 
 
 def gcp_secret(fake: FakeCloudRun, settings: CloudRunSettings, *values: str) -> tuple[str, str]:
@@ -762,6 +810,33 @@ def test_a_failed_cloud_run_migration_shows_alembic_error_in_the_release_failure
 
 
 @pytest.mark.faults
+@pytest.mark.migrations
+def test_a_migration_check_that_reads_no_job_output_refuses_the_release(
+    fake, settings, make_env, database, build_backend, pg
+):
+    """No entries to read (a log exclusion, or entries later than log_wait_seconds): the
+    check cannot see the pending revisions, so the release is refused before any change,
+    never waved through unchecked."""
+    settings.log_wait_seconds = 2
+    env = make_env(database, target="cloudrun", cloud_run=settings, registry_credentials=None)
+    env.save(env.environment, overwrite=True)
+    assert release_flow(env.environment, image=build_backend("cr-v1", head="0001"))["outcome"] == (
+        "released"
+    )
+    target = connect_target(env)
+    before, changes = target.read_state(), fake.mutations()
+    fake.log_delay = 3600.0  # the entries never become listable
+
+    with refused(StepFailed, match="cannot read the revisions.*raise log_wait_seconds"):
+        release_flow(env.environment, image=build_backend("cr-v2"))
+
+    assert target.read_state() == before
+    assert [m for m in fake.mutations()[len(changes) :] if "/jobs" not in m[1]] == []
+    assert schema(pg, database) == "0001"
+    assert in_flight(env.environment) is None
+
+
+@pytest.mark.faults
 def test_a_project_without_logging_access_is_refused_by_the_preflight(fake, settings):
     fake.deny_logging()
     target = connect(settings, "staging", {})
@@ -785,5 +860,6 @@ def test_job_output_is_read_once_its_delayed_log_entries_arrive(fake, target, bu
     result = target.run_oneoff(image, ["python", "-c", lines], {}, timeout=120)
 
     assert result.exit_code == 0
-    assert "to stdout\nto stderr\n" in result.output
+    # Both streams (their relative order is the containers' timestamps, not the program's).
+    assert {"to stdout", "to stderr"} <= set(result.output.splitlines())
     assert time.monotonic() - started > 3.0
