@@ -16,6 +16,7 @@ CloudWatch Logs.
 
 moto's ListTasks ignores `serviceName`, lists every status by default and takes `startedBy`
 with other filters; a WSGI layer answers as ECS does (InvalidParameterException for the last).
+moto's CreateService drops `deploymentConfiguration`; a WSGI layer keeps it.
 
 Scheduling as ECS does with minimumHealthyPercent 0 / maximumPercent 100 (what host networking
 on one instance forces anyway): the old deployment's tasks stop before the new ones start.
@@ -216,6 +217,34 @@ class TaskListing:
         return response(environ, start_response)
 
 
+class ServiceCreation:
+    """WSGI layer in front of moto: CreateService keeps the service's
+    `deploymentConfiguration` (circuit breaker included), as ECS does; moto keeps it only
+    from UpdateService."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        target = request.headers.get("X-Amz-Target", "")
+        if not (
+            target.startswith("AmazonEC2ContainerService") and _action(request) == "CreateService"
+        ):
+            return self.app(environ, start_response)
+        config = _json_body(environ).get("deploymentConfiguration")
+        answer = Response.from_app(self.app, environ)
+        if answer.status_code != 200 or not config:
+            return answer(environ, start_response)
+        created = json.loads(answer.get_data())
+        service = created["service"]
+        key = f"{service['clusterArn'].rsplit('/', 1)[-1]}:{service['serviceName']}"
+        ecs_backends[ACCOUNT][REGION].services[key].deployment_configuration = config
+        service["deploymentConfiguration"] = config
+        response = Response(json.dumps(created), content_type="application/x-amz-json-1.1")
+        return response(environ, start_response)
+
+
 def _family_and_revision(arn: str) -> tuple[str, int]:
     family, revision = arn.rsplit("/", 1)[-1].rsplit(":", 1)
     return family, int(revision)
@@ -234,7 +263,7 @@ class _MotoServer(ThreadedMotoServer):
     def __init__(self, mirror: Callable[[str, list[dict]], None]):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         moto = DomainDispatcherApplication(create_backend_app)
-        listings = TaskListing(TaskDefinitionListing(moto))
+        listings = ServiceCreation(TaskListing(TaskDefinitionListing(moto)))
         self.faults = FaultInjection(RegistryBackedEcr(listings, mirror))
 
     def _server_entry(self) -> None:
@@ -624,14 +653,20 @@ class FakeEcsAgent(threading.Thread):
         run.task.containers[0].health_status = "UNKNOWN"
 
     def _secret(self, value_from: str) -> str:
-        """What the agent puts in the container for a `secrets` entry: the Secrets Manager
-        secret's current string, or the SSM parameter's (decrypted) value."""
+        """What the agent puts in the container for a `secrets` entry: the SSM parameter's
+        (decrypted) value, or the Secrets Manager secret's string, read as ECS reads
+        `arn:...:secret:NAME[:json-key:version-stage:version-id]` (a version or stage
+        pinned, or the current one; a JSON key picked from the string)."""
         if value_from.startswith("arn:") and value_from.split(":")[2] == "ssm":
             name = value_from.split(":parameter", 1)[1]
             name = name if name.count("/") > 1 else name[1:]  # 'parameter/x' names 'x'
             parameter = self.ssm.get_parameter(Name=name, WithDecryption=True)
             return parameter["Parameter"]["Value"]
-        return self.secrets.get_secret_value(SecretId=value_from)["SecretString"]
+        parts = value_from.split(":")
+        key, stage, version = (parts[7:] + ["", "", ""])[:3]
+        pinned = {"VersionId": version} if version else {"VersionStage": stage or "AWSCURRENT"}
+        string = self.secrets.get_secret_value(SecretId=":".join(parts[:7]), **pinned)
+        return json.loads(string["SecretString"])[key] if key else string["SecretString"]
 
     def _check(self, run: Run, deployment: dict | None) -> None:
         try:
