@@ -6,6 +6,7 @@ Referenced by a Release Environment whose target is "cloudrun". Register the blo
 
 import functools
 import re
+from typing import TYPE_CHECKING
 
 import google.auth.transport.requests
 import google.oauth2.id_token
@@ -20,8 +21,11 @@ from prefect_gcp import GcpCredentials, GcpSecret
 from pydantic import Field, field_validator
 
 from targets.base import Processes
-from targets.cloud_run import CloudRunTarget, max_api_service_length, tag_room_problem
+from targets.cloud_run_names import max_api_service_length, tag_room_problem
 from targets.errors import AuthenticationError, ConfigurationError, TransientError
+
+if TYPE_CHECKING:
+    from targets.cloud_run import CloudRunTarget
 
 _REGION = re.compile(r"^[a-z]+(-[a-z]+)+[0-9]+$")
 _PROJECT = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
@@ -149,8 +153,11 @@ def connect(
     container_env: dict[str, str],
     processes: Processes | None = None,
     secrets: dict[str, tuple[str, str]] | None = None,
-) -> CloudRunTarget:
+) -> "CloudRunTarget":
     """The Cloud Run adapter for an environment (its `cloud_run` settings block)."""
+    # Here, not at the top: the Admin API client (run_v2) is for releases to Cloud Run only.
+    from targets.cloud_run import CloudRunTarget
+
     credentials = _credentials(settings)
     return CloudRunTarget(
         credentials,

@@ -43,6 +43,12 @@ from google.auth.credentials import Credentials
 from google.cloud import run_v2
 
 from targets.base import OneOffResult, Processes, ServiceState, TargetState, WorkerHealth
+from targets.cloud_run_names import (
+    candidate_tag,
+    max_api_service_length,
+    slug,
+    tag_room_problem,
+)
 from targets.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -71,18 +77,6 @@ READ_RETRY = api_retry.Retry(
 )
 
 
-def slug(text: str, limit: int) -> str:
-    """Lowercase letters, digits and '-', as revision names and traffic tags allow."""
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    return cleaned[:limit].rstrip("-") or "x"
-
-
-# Cloud Run serves a tag at https://TAG---SERVICE-HASH-REGION.a.run.app: the tag and the
-# service name together may have at most 46 characters, and a tag at least 3.
-TAG_AND_SERVICE_MAX = 46
-TAG_MIN = 3
-TAG_PREFIX = "v-"
-
 LOGGING_ENDPOINT = "https://logging.googleapis.com"
 LOGGING_SCOPES = ["https://www.googleapis.com/auth/logging.read"]
 LOG_PAGE_SIZE = 1000
@@ -91,29 +85,6 @@ LOGGING_FIX = (
     "grant the release's service account the Logs Viewer role (roles/logging.viewer) on "
     "the project, so the migration job's output can be read"
 )
-
-
-def max_api_service_length() -> int:
-    return TAG_AND_SERVICE_MAX - TAG_MIN
-
-
-def candidate_tag(version: str, service: str) -> str:
-    """The candidate revision's traffic tag: 'v-' and the version, as much of it as Cloud
-    Run's limit leaves beside the service name (at most 28 characters of it)."""
-    room = TAG_AND_SERVICE_MAX - len(service) - len(TAG_PREFIX)
-    if room < TAG_MIN - len(TAG_PREFIX):
-        raise ConfigurationError(tag_room_problem(service))
-    return TAG_PREFIX + slug(version, min(28, room))
-
-
-def tag_room_problem(service: str) -> str:
-    return (
-        f"Cloud Run service name {service!r} has {len(service)} characters: Cloud Run refuses "
-        f"a traffic tag whose length plus the service name's exceeds {TAG_AND_SERVICE_MAX}, and "
-        f"a tag under {TAG_MIN} characters, so the release's candidate tag cannot fit. Use an "
-        f"API service of at most {max_api_service_length()} characters (api_service in the "
-        "Cloud Run settings block)"
-    )
 
 
 def short_name(resource: str) -> str:
