@@ -140,10 +140,11 @@ class RegistryBackedEcr:
         return self.app(environ, start_response)
 
 
-class TaskDefinitionListing:
-    """WSGI layer in front of moto: ListTaskDefinitions as ECS answers it. moto ignores `sort`
-    and `maxResults`; ECS lists by family, then revision (ASC by default, DESC on request),
-    in pages of `maxResults` (default 100) continued with `nextToken`."""
+class EcsActionLayer:
+    """WSGI layer in front of moto that answers one ECS action (`ACTION`) as ECS does, in
+    `answer`; every other request goes to moto as it is."""
+
+    ACTION = ""
 
     def __init__(self, app):
         self.app = app
@@ -151,11 +152,22 @@ class TaskDefinitionListing:
     def __call__(self, environ, start_response):
         request = Request(environ)
         target = request.headers.get("X-Amz-Target", "")
-        if not (
-            target.startswith("AmazonEC2ContainerService")
-            and _action(request) == "ListTaskDefinitions"
-        ):
-            return self.app(environ, start_response)
+        if target.startswith("AmazonEC2ContainerService") and _action(request) == self.ACTION:
+            return self.answer(environ, start_response)
+        return self.app(environ, start_response)
+
+    def answer(self, environ, start_response):
+        raise NotImplementedError
+
+
+class TaskDefinitionListing(EcsActionLayer):
+    """WSGI layer in front of moto: ListTaskDefinitions as ECS answers it. moto ignores `sort`
+    and `maxResults`; ECS lists by family, then revision (ASC by default, DESC on request),
+    in pages of `maxResults` (default 100) continued with `nextToken`."""
+
+    ACTION = "ListTaskDefinitions"
+
+    def answer(self, environ, start_response):
         query = _json_body(environ)
         answer = Response.from_app(self.app, environ)
         if answer.status_code != 200:
@@ -170,22 +182,16 @@ class TaskDefinitionListing:
         return response(environ, start_response)
 
 
-class TaskListing:
+class TaskListing(EcsActionLayer):
     """WSGI layer in front of moto: ListTasks as ECS answers it. ECS refuses `startedBy` with
     any other filter ("cannot specify startedBy with other arguments"; the API reference:
     "it must be the only filter that you use"), filters by `serviceName` (moto ignores it)
     and lists only tasks it wants RUNNING when no `desiredStatus` is given (moto lists all)."""
 
+    ACTION = "ListTasks"
     OTHER_FILTERS = ("containerInstance", "family", "serviceName", "desiredStatus", "launchType")
 
-    def __init__(self, app):
-        self.app = app
-
-    def __call__(self, environ, start_response):
-        request = Request(environ)
-        target = request.headers.get("X-Amz-Target", "")
-        if not (target.startswith("AmazonEC2ContainerService") and _action(request) == "ListTasks"):
-            return self.app(environ, start_response)
+    def answer(self, environ, start_response):
         query = _json_body(environ)
         if query.get("startedBy") and any(query.get(k) for k in self.OTHER_FILTERS):
             body = json.dumps(
@@ -217,21 +223,14 @@ class TaskListing:
         return response(environ, start_response)
 
 
-class ServiceCreation:
+class ServiceCreation(EcsActionLayer):
     """WSGI layer in front of moto: CreateService keeps the service's
     `deploymentConfiguration` (circuit breaker included), as ECS does; moto keeps it only
     from UpdateService."""
 
-    def __init__(self, app):
-        self.app = app
+    ACTION = "CreateService"
 
-    def __call__(self, environ, start_response):
-        request = Request(environ)
-        target = request.headers.get("X-Amz-Target", "")
-        if not (
-            target.startswith("AmazonEC2ContainerService") and _action(request) == "CreateService"
-        ):
-            return self.app(environ, start_response)
+    def answer(self, environ, start_response):
         config = _json_body(environ).get("deploymentConfiguration")
         answer = Response.from_app(self.app, environ)
         if answer.status_code != 200 or not config:
