@@ -185,7 +185,7 @@ def test_an_unhealthy_v2_is_rolled_back_with_its_schema(
             version="m2-broken",
         )
 
-    assert info.value.outcome == "rolled back" and info.value.step == "verify-api"
+    assert (info.value.outcome, info.value.step) == ("rolled back", "verify-api"), str(info.value)
     errors = [str(info.value), repr(info.value.cause), *readable_everywhere(since=started)]
     assert leaked({**secrets, "database password": pg.password}, errors) == []
     assert "schema back to 0003" in str(info.value)

@@ -617,7 +617,7 @@ def test_monorepo_on_cloud_run_v1_v2_then_a_broken_v3_rolled_back_with_its_schem
     with pytest.raises(ReleaseFailed) as info:
         release("0004", "m3-broken", fail_health=True)
 
-    assert info.value.outcome == "rolled back" and info.value.step == "verify-api"
+    assert (info.value.outcome, info.value.step) == ("rolled back", "verify-api"), str(info.value)
     assert "schema back to 0003" in str(info.value)
     assert schema(pg, database) == "0003"
     assert "description" not in columns(pg, database, "projects")

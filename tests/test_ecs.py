@@ -944,7 +944,7 @@ def test_monorepo_on_ecs_v1_v2_then_a_broken_v3_rolled_back_with_its_schema(
         release_at("0004", "m3-broken", fail_health=True)
 
     # The task definition's health check fails the rollout itself.
-    assert info.value.outcome == "rolled back" and info.value.step == "deploy-api"
+    assert (info.value.outcome, info.value.step) == ("rolled back", "deploy-api"), str(info.value)
     assert "schema back to 0003" in str(info.value)
     assert schema(pg, stack.database) == "0003"
     assert stack.target().read_state() == released
