@@ -12,15 +12,25 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests import services
+from tests.releases import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -32,7 +42,7 @@ class Stack:
     api_url: str
     env: dict[str, str]
     root: Path
-    token: str
+    token: str = field(repr=False)  # never in test output
     prefix: str  # makes the environments' container names unique to this stack
     bridge_url: str
 
@@ -51,18 +61,38 @@ class Processes:
 
     def __init__(self, root: Path):
         self.root, self.started = root, []
+        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.started.append((name, proc, log))
+        self.commands[name] = (args, env)
         return proc
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the newest process called `name`."""
+        proc = self._newest(name)
+        proc.kill()
+        proc.wait()
+
+    def stop(self, name: str, grace: float = 15) -> None:
+        """Stop the newest process called `name` as a supervisor does: SIGTERM, then SIGKILL
+        after `grace` seconds."""
+        _stop(self._newest(name), grace)
+
+    def _newest(self, name: str) -> subprocess.Popen:
+        return next(p for n, p, _ in reversed(self.started) if n == name)
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start `name` again, as it was started (its log goes on in the same file)."""
+        return self.start(name, *self.commands[name])
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
     def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
-        proc = next(p for n, p, _ in self.started if n == name)
+        proc = self._newest(name)
         deadline = time.monotonic() + 180  # a busy 2-CPU machine starts a server slowly
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -77,13 +107,17 @@ class Processes:
 
     def stop_all(self) -> None:
         for _, proc, log in reversed(self.started):
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             log.close()
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def run(args: list[str], env: dict[str, str]) -> str:
@@ -136,11 +170,13 @@ def start_server(
     return stack
 
 
-def deploy(stack: Stack) -> None:
-    """Set the server up (work pool, a release slot per environment block) and deploy
-    prefect.yaml, as the README says: after the environment blocks are saved."""
+def deploy(stack: Stack, prefect_file: str = "prefect.yaml", **env: str) -> str:
+    """Set the server up (work pools, a release slot per environment block) and deploy
+    `prefect_file`, as the README says: after the environment blocks are saved. `env`: more
+    environment variables for `prefect deploy` (e.g. RELEASE_FLOWS_IMAGE); its output."""
     run([sys.executable, "-m", "deployments.setup"], stack.env)
-    run([str(VENV_BIN / "prefect"), "--no-prompt", "deploy", "--all"], stack.env)
+    deploy_all = ["--no-prompt", "deploy", "--all", "--prefect-file", prefect_file]
+    return run([str(VENV_BIN / "prefect"), *deploy_all], {**stack.env, **env})
 
 
 def start_registry(processes: Processes, stack: Stack) -> str:
@@ -200,7 +236,69 @@ def start_bridge(
     return stack.bridge_url
 
 
-def start_worker(processes: Processes, stack: Stack) -> None:
-    processes.start(
-        "worker", [str(VENV_BIN / "prefect"), "worker", "start", "--pool", "release"], stack.env
+def start_worker(
+    processes: Processes, stack: Stack, pool: str = "release", name: str = "worker", *options
+) -> None:
+    """A worker of `pool` called `name` (its process and log name too), with `options` of
+    `prefect worker start`."""
+    args = ["worker", "start", "--pool", pool, "--name", name, *options]
+    processes.start(name, [str(VENV_BIN / "prefect"), *args], stack.env)
+
+
+# --- runs of the stack's deployments ------------------------------------------------------
+
+RUN_TIMEOUT = 120
+
+
+def deployment_id(stack: Stack, name: str) -> uuid.UUID:
+    with stack.client() as client:
+        return client.read_deployment_by_name(name).id
+
+
+def runs_of(stack: Stack, name: str) -> list[FlowRun]:
+    with stack.client() as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment_id(stack, name)])
+            )
+        )
+
+
+def start(stack: Stack, name: str, **parameters) -> FlowRun:
+    with stack.client() as client:
+        return client.create_flow_run_from_deployment(
+            deployment_id(stack, name), parameters=parameters
+        )
+
+
+def finished(stack: Stack, run_id: uuid.UUID) -> FlowRun:
+    def check():
+        with stack.client() as client:
+            flow_run = client.read_flow_run(run_id)
+        return flow_run if flow_run.state and flow_run.state.is_final() else None
+
+    return wait_until(check, f"flow run {run_id} to finish", RUN_TIMEOUT)
+
+
+def subflows(stack: Stack, run_id: uuid.UUID) -> list[FlowRun]:
+    with stack.client() as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
+            )
+        )
+
+
+def logs(stack: Stack, *run_ids: uuid.UUID) -> str:
+    with stack.client() as client:
+        entries = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))))
+    return "\n".join(entry.message for entry in entries)
+
+
+def completed(stack: Stack, flow_run: FlowRun) -> FlowRun:
+    done = finished(stack, flow_run.id)
+    children = [c.id for c in subflows(stack, flow_run.id)]
+    assert done.state.is_completed(), (
+        f"{done.name}: {done.state.name} {done.state.message}\n{logs(stack, done.id, *children)}"
     )
+    return done

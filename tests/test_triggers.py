@@ -17,14 +17,6 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from prefect.blocks.system import Secret
-from prefect.client.schemas.filters import (
-    DeploymentFilter,
-    DeploymentFilterId,
-    FlowRunFilter,
-    FlowRunFilterParentFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
-)
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect_docker import DockerRegistryCredentials
@@ -43,21 +35,27 @@ from targets.registry import login, push_image, registry_auth
 from tests import services
 from tests.releases import wait_until
 from tests.stack import (
+    RUN_TIMEOUT,
     VENV_BIN,
     Stack,
+    completed,
     deploy,
+    finished,
+    logs,
     run,
+    runs_of,
+    start,
     start_bridge,
     start_registry,
     start_server,
     start_worker,
+    subflows,
 )
 
 pytestmark = [pytest.mark.triggers, pytest.mark.xdist_group("triggers")]  # one Prefect stack
 
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DIGEST = "sha256:" + "ab" * 32
-RUN_TIMEOUT = 120
 
 
 # --- the stack: server, worker, registry, bridge (tests/stack.py) ------------------------
@@ -146,63 +144,6 @@ def push_to(engine, registry, address: str, pinned: str, tag: str) -> str:
     engine.images.get(pinned).tag(reference)
     pushed, _ = push_image(engine, reference, auth, lambda _: None)
     return pushed
-
-
-# --- waiting on runs ---------------------------------------------------------------------
-
-
-def deployment_id(stack: Stack, name: str) -> uuid.UUID:
-    with stack.client() as client:
-        return client.read_deployment_by_name(name).id
-
-
-def runs_of(stack: Stack, name: str) -> list[FlowRun]:
-    with stack.client() as client:
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(
-                id=DeploymentFilterId(any_=[deployment_id(stack, name)])
-            )
-        )
-
-
-def start(stack: Stack, name: str, **parameters) -> FlowRun:
-    with stack.client() as client:
-        return client.create_flow_run_from_deployment(
-            deployment_id(stack, name), parameters=parameters
-        )
-
-
-def finished(stack: Stack, run_id: uuid.UUID) -> FlowRun:
-    def check():
-        with stack.client() as client:
-            flow_run = client.read_flow_run(run_id)
-        return flow_run if flow_run.state and flow_run.state.is_final() else None
-
-    return wait_until(check, f"flow run {run_id} to finish", RUN_TIMEOUT)
-
-
-def subflows(stack: Stack, run_id: uuid.UUID) -> list[FlowRun]:
-    with stack.client() as client:
-        return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])
-            )
-        )
-
-
-def logs(stack: Stack, *run_ids: uuid.UUID) -> str:
-    with stack.client() as client:
-        entries = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(run_ids))))
-    return "\n".join(entry.message for entry in entries)
-
-
-def completed(stack: Stack, flow_run: FlowRun) -> FlowRun:
-    done = finished(stack, flow_run.id)
-    children = [c.id for c in subflows(stack, flow_run.id)]
-    assert done.state.is_completed(), (
-        f"{done.name}: {done.state.name} {done.state.message}\n{logs(stack, done.id, *children)}"
-    )
-    return done
 
 
 def served_version(env: ReleaseEnvironment) -> str:

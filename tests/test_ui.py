@@ -28,8 +28,8 @@ from targets.docker_host import L_ENV
 from tests import services
 from tests.backend import TEST_REPOSITORY
 from tests.releases import served_version
-from tests.stack import Stack, deploy, start_server, start_worker
-from tests.test_triggers import completed, paused_release, runs_of, subflows
+from tests.stack import Stack, completed, deploy, runs_of, start_server, start_worker, subflows
+from tests.test_triggers import paused_release
 
 pytestmark = [pytest.mark.ui, pytest.mark.triggers]
 
