@@ -54,7 +54,7 @@ from deployments.push_events import Push, parse
 from targets.registry import login, push_image, registry_auth
 from tests.releases import tiny_image, wait_until
 from tests.services import free_port
-from tests.stack import VENV_BIN, Processes, Stack, start_bridge, start_registry, start_server
+from tests.stack import Processes, Stack, start_bridge, start_registry, start_server
 
 pytestmark = pytest.mark.xdist_group("bridge")  # one bridge and Prefect test API for the module
 
@@ -664,32 +664,16 @@ def test_fuzz_raw_request_lines_and_headers_always_get_an_http_answer(bridge, ta
 
 # --- durability, for real: a Prefect outage and a bridge restart -------------------------
 #
-# A real `prefect server start` of its own (tests/stack.py), stopped for about 60 s, the
-# event bridge (restarted once during the outage; routes from the environment blocks) and
-# a second real docker-registry whose notifications go to the bridge, 20 real pushes of
-# 20 different images meanwhile. No worker runs: each push's trigger creates a
-# `release-pushed-image` run that stays Scheduled, so counting runs per digest is cheap.
+# A real `prefect server start` of its own on PostgreSQL (tests/stack.py), stopped for
+# about 60 s, the event bridge (restarted once during the outage; routes from the
+# environment blocks) and a second real docker-registry whose notifications go to the
+# bridge, 20 real pushes of 20 different images meanwhile. No worker runs: each push's
+# trigger creates a `release-pushed-image` run that stays Scheduled, so counting runs per
+# digest is cheap.
 
 DEPLOYMENT = "release-pushed-image"
 OUTAGE_SECONDS = 60
 PUSHES = 20
-
-
-def stop(processes: Processes, name: str) -> None:
-    [proc] = [p for n, p, _ in processes.started if n == name and p.poll() is None]
-    proc.terminate()
-    proc.wait(timeout=30)
-
-
-def start_server_again(processes: Processes, stack: Stack, database_url: str) -> None:
-    """The stopped server, on its port and database (deployments and automations kept)."""
-    port = stack.api_url.rsplit(":", 1)[1].split("/")[0]
-    processes.start(
-        "server-2",
-        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", port],
-        {**stack.env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url},
-    )
-    processes.wait_http("server-2", f"{stack.api_url}/health")
 
 
 def runs_per_digest(stack: Stack) -> Counter:
@@ -707,9 +691,10 @@ def pushed_events(stack: Stack) -> int:
 
 
 @pytest.fixture
-def outage_stack(tmp_path, registry):
+def outage_stack(tmp_path, registry, pg):
     processes = Processes(tmp_path)
-    database_url = f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"
+    database = pg.create_database()
+    database_url = pg.url(database).replace("postgresql://", "postgresql+asyncpg://", 1)
     try:
         stack = start_server(processes, tmp_path, database_url)
         registry2 = start_registry(processes, stack)
@@ -724,9 +709,10 @@ def outage_stack(tmp_path, registry):
                 push_routes=[f"{registry2}/tests/outage:*"],
             ).save("staging", overwrite=True)
         start_bridge(processes, stack, route=None)
-        yield processes, stack, registry2, database_url
+        yield processes, stack, registry2
     finally:
         processes.stop_all()
+        pg.drop_database(database)
 
 
 @pytest.mark.triggers
@@ -734,7 +720,7 @@ def outage_stack(tmp_path, registry):
 def test_pushes_during_an_outage_and_a_bridge_restart_are_each_released_once(
     outage_stack, engine, registry
 ):
-    processes, stack, registry2, database_url = outage_stack
+    processes, stack, registry2 = outage_stack
     auth = registry_auth(registry.username, registry.password)
     login(engine, registry2, auth)
     references = [f"{registry2}/tests/outage:p{i}" for i in range(PUSHES + 1)]
@@ -745,14 +731,15 @@ def test_pushes_during_an_outage_and_a_bridge_restart_are_each_released_once(
         return push_image(engine, reference, auth, lambda _: None)[0].split("@")[1]
 
     try:
-        stop(processes, "server")
+        processes.stop("server")
         stopped = time.monotonic()
         digests = [push(reference) for reference in references[: PUSHES // 2]]
-        stop(processes, "bridge")
+        processes.stop("bridge")
         start_bridge(processes, stack, route=None, name="bridge-2", save_token=False)
         digests += [push(reference) for reference in references[PUSHES // 2 : PUSHES]]
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
-        start_server_again(processes, stack, database_url)
+        processes.restart("server")  # on its port and database: deployments, automations kept
+        processes.wait_http("server", f"{stack.api_url}/health")
 
         # The registry delivers in order: once the sentinel pushed now has its run, the
         # bridge has had every notification before it (and the redeliveries).
