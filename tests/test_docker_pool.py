@@ -5,6 +5,7 @@ faults of the service itself: a worker SIGKILLed mid-release, a worker restarted
 release waits for its environment's slot, the Prefect server killed and restarted
 mid-release."""
 
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,11 +29,11 @@ from tests.releases import (
 from tests.stack import (
     REPO_ROOT,
     RUN_TIMEOUT,
-    Processes,
     Stack,
     deploy,
     finished,
     logs,
+    run,
     start,
     start_server,
     start_worker,
@@ -115,10 +116,10 @@ def state_of(stack: Stack, run: FlowRun) -> FlowRun:
         return client.read_flow_run(run.id)
 
 
-def worker_of(processes: Processes, run: FlowRun) -> str:
-    """The worker that started `run`'s container (it logs the run's id when it submits)."""
+def worker_of(stack: Stack, run: FlowRun) -> str:
+    """The worker that started `run`'s container (the label it gives the run it submits)."""
     return wait_until(
-        lambda: next((w for w in WORKERS if str(run.id) in processes.log(w)), None),
+        lambda: state_of(stack, run).labels.get("prefect.worker.name"),
         f"a worker to pick up {run.name}",
         timeout=60,
     )
@@ -149,6 +150,24 @@ def test_prefect_docker_yaml_deploys_what_prefect_yaml_deploys():
     assert packaged["build"] and packaged["push"] and packaged["pull"]
 
 
+def test_setup_creates_both_pools_once_and_the_deployments_run_the_pushed_flows_image(
+    server, deployed
+):
+    """`deployments.setup` again changes nothing; the packaged deployments run the flows
+    image their push step pushed (on the docker pool), the others stay on the process pool."""
+    again = run([sys.executable, "-m", "deployments.setup"], server.env)
+    assert "work pool release: exists" in again and "work pool release-docker: exists" in again
+    with server.client() as client:
+        pools = {pool.name: pool.type for pool in client.read_work_pools()}
+        deployments = client.read_deployments()
+    assert {"release": "process", "release-docker": "docker"}.items() <= pools.items()
+    images = {d.job_variables["image"] for d in deployments}
+    assert {d.work_pool_name for d in deployments} == {"release-docker"}
+    [image] = images  # one image for all six, built and pushed once
+    assert image.startswith(f"{deployed}:")
+    assert len(deployments) == 6
+
+
 def test_two_workers_release_two_environments_at_once_and_one_environment_at_a_time(
     server, environments, workers, processes, build_backend
 ):
@@ -162,14 +181,14 @@ def test_two_workers_release_two_environments_at_once_and_one_environment_at_a_t
     alpha_v1 = start(server, RELEASE, environment="alpha", image=v1)
     beta_b1 = start(server, RELEASE, environment="beta", source="examples/backend", version="b1")
     wait_until(lambda: waiting_for_slot(server, alpha_v1), "alpha v1 to start", RUN_TIMEOUT)
-    killed = worker_of(processes, alpha_v1)
-    assert worker_of(processes, beta_b1) != killed  # each worker runs one flow at a time
+    killed = worker_of(server, alpha_v1)
+    assert worker_of(server, beta_b1) != killed  # each worker runs one flow at a time
     processes.kill(killed)  # SIGKILL: the worker, not the run's container
     processes.restart(killed)  # the next worker
 
     alpha_v2 = start(server, RELEASE, environment="alpha", image=v2)
     wait_until(lambda: waiting_for_slot(server, alpha_v2), "alpha v2 to wait", RUN_TIMEOUT)
-    restarted = worker_of(processes, alpha_v2)
+    restarted = worker_of(server, alpha_v2)
     alpha_v1_state = state_of(server, alpha_v1).state
     assert not alpha_v1_state.is_final(), f"alpha v1 ended ({alpha_v1_state.name}) too soon"
     processes.stop(restarted, grace=5)  # SIGTERM, SIGKILL after 5 s: alpha v2 still waits
