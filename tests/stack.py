@@ -1,7 +1,9 @@
-"""A real Prefect stack on loopback, shared by tests/test_triggers.py and bench/run.py:
-`prefect server start` (temporary SQLite home) set up and deployed from prefect.yaml, a
-`process` worker polling every second, the event bridge, and a second real docker-registry
-(same users as the main one) whose push notifications go to the bridge."""
+"""A real Prefect stack on loopback, shared by the trigger, UI, bridge and docker-pool tests
+and bench/run.py: `prefect server start` (SQLite under a temporary home, or PostgreSQL) set
+up and deployed from prefect.yaml or prefect.docker.yaml, workers polling every second
+(process or docker), the event bridge, and a second real docker-registry (same users as the
+main one) whose push notifications go to the bridge; the background processes can be
+killed, stopped and restarted as a supervisor would; and the runs of the deployments."""
 
 import json
 import os
