@@ -449,8 +449,13 @@ def test_no_approval_in_time_ends_the_release_without_changes(
     assert done.state.is_failed()
     [release] = subflows(stack, done.id)
     assert release.state.is_failed()
-    # The server may mark the expired pause failed first; the release's own log says why.
-    assert "within 3 s. Nothing was changed." in logs(stack, release.id)
+    # The server may mark the expired pause failed first; the release's own log says why,
+    # and its log lines reach the server in batches, possibly after the run's final state.
+    wait_until(
+        lambda: "within 3 s. Nothing was changed." in logs(stack, release.id),
+        "the release's own log to say the approval did not come in time",
+        timeout=30,
+    )
     assert engine.containers.list(all=True, filters={"label": f"{L_ENV}={env.environment}"}) == []
 
 
