@@ -22,9 +22,9 @@ from prefect.states import Cancelled, State
 from pydantic import MISSING, Field
 
 from deployments.environments import Environment, EnvironmentName, release_slot
+from flows.engine import heartbeat_off
 from flows.errors import ReleaseFailed
 from flows.release import release
-from flows.saga import parent_heartbeat_only
 from targets.errors import ConfigurationError
 
 OnBusy = Literal["wait", "cancel"]
@@ -181,7 +181,7 @@ def _exclusive_release(environment: str, on_busy: OnBusy, **release_args) -> dic
             raise ReleaseFailed.refused(f"release to {environment}", cause) from exc
         except Exception as exc:
             raise ReleaseFailed.refused(f"release to {environment}", exc) from exc
-        with parent_heartbeat_only():
+        with heartbeat_off():  # a subflow: its parent's heartbeat, if any, covers it
             return release(environment=environment, **release_args)
 
 

@@ -22,19 +22,18 @@ are published and the environment's notification block is told.
 """
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, NoReturn
 
 from prefect import get_run_logger
 from prefect.futures import PrefectFuture
-from prefect.settings import temporary_settings
 
 from blocks.environment import ReleaseEnvironment, connect_target
 from flows import lock
 from flows.artifacts import Progress, publish_ledger, publish_summary
 from flows.compensate import compensate
+from flows.engine import heartbeat_off
 from flows.errors import ReleaseFailed, RollbackFailed
 from flows.notifications import notifier, notify
 from flows.provenance import run_id, run_link, started_by
@@ -76,15 +75,6 @@ class StepRun:
         self.step.seconds = (self.ended or time.monotonic()) - self.started
         self.step.outcome = outcome
         self.on_end(self.step)
-
-
-@contextmanager
-def parent_heartbeat_only() -> Iterator[None]:
-    """Run a subflow without a heartbeat of its own: its parent's, in the same process,
-    already says the process is alive, and each heartbeat thread costs about a second when
-    its flow ends (Prefect joins it, and it sleeps in 1 s steps)."""
-    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
-        yield
 
 
 class Steps:
@@ -246,7 +236,7 @@ class Saga(Steps):
             self._end("failed", f"{reason}; it had changed nothing", record.schema_before)
             return []
         try:
-            with parent_heartbeat_only():
+            with heartbeat_off():  # a subflow: its parent's heartbeat, if any, covers it
                 restored = compensate(self.env, self.target, record)
         except RollbackFailed as failure:
             self._end("rollback failed", f"{reason}. {failure}", None)

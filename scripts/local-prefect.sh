@@ -17,6 +17,8 @@ cd "$(dirname "$0")/.."
 STATE_DIR="${RELEASE_STATE_DIR:-/var/lib/rhesis-release}"
 PORT="${RELEASE_PREFECT_PORT:-4200}"
 PREFECT="${VENV:-.venv}/bin/prefect"
+# The worker starts each flow run as `python -m prefect.engine` (prefect.yaml): this venv's.
+export PATH="$(cd "${VENV:-.venv}/bin" && pwd):$PATH"
 export PREFECT_HOME="${PREFECT_HOME:-$STATE_DIR/prefect}"
 export PREFECT_API_URL="http://127.0.0.1:$PORT/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
