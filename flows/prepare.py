@@ -115,40 +115,47 @@ class Prepared(BaseModel):
 
 def prepare(run: Steps, request: ReleaseRequest) -> Prepared:
     """Snapshot what runs while the images are built and pushed (or resolved)."""
-    env, spec = run.env, run.env.application.build
-    credentials = push_credentials(env)
-    snapshot = run.submit("snapshot", take_snapshot, env, run.target)
+    snapshot = run.submit("snapshot", take_snapshot, run.env, run.target)
     if request.image is None:
-        built = run.step(
-            "build",
-            build,
-            spec,
-            env.image_repository,
-            source=request.source,
-            ref=request.git_ref,
-            context=request.subdir,
-            version=request.version,
-            docker_host=env.docker_host,
-        )
-        pinned = {}
-        for image in {b.reference: b for b in built.values()}.values():
-            suffix = "" if image.stage == spec.stage("api") else f"-{image.stage or 'final'}"
-            pinned[image.reference] = run.step(
-                f"push{suffix}",
-                push,
-                image.reference,
-                credentials,
-                env.docker_host,
-                same_sources=request.version is None,
-            )
-            run.step(f"confirm-push{suffix}", confirm_pushed, env, pinned[image.reference])
-        images = {role: pinned[b.reference] for role, b in built.items()}
-        version = built["api"].version
+        images, version = build_and_push(run, request)
     else:
-        resolved = resolve_images(run, role_references(request.image, spec), credentials)
+        credentials = push_credentials(run.env)
+        references = role_references(request.image, run.env.application.build)
+        resolved = resolve_images(run, references, credentials)
         images = {role: pinned for role, (pinned, _) in resolved.items()}
         version = resolved["api"][1]
     return Prepared(snapshot=snapshot.result(), images=images, version=version)
+
+
+def build_and_push(run: Steps, request: ReleaseRequest) -> tuple[dict[str, str], str]:
+    """Build the requested source's images, push each distinct one and confirm it: the
+    pinned image of each role, and the version they were built as."""
+    env, spec = run.env, run.env.application.build
+    built = run.step(
+        "build",
+        build,
+        spec,
+        env.image_repository,
+        source=request.source,
+        ref=request.git_ref,
+        context=request.subdir,
+        version=request.version,
+        docker_host=env.docker_host,
+    )
+    credentials = push_credentials(env)
+    pinned = {}
+    for image in {b.reference: b for b in built.values()}.values():
+        suffix = "" if image.stage == spec.stage("api") else f"-{image.stage or 'final'}"
+        pinned[image.reference] = run.step(
+            f"push{suffix}",
+            push,
+            image.reference,
+            credentials,
+            env.docker_host,
+            same_sources=request.version is None,
+        )
+        run.step(f"confirm-push{suffix}", confirm_pushed, env, pinned[image.reference])
+    return {role: pinned[b.reference] for role, b in built.items()}, built["api"].version
 
 
 def resolve_images(
