@@ -48,7 +48,7 @@ def plan(
                         prepared.images["migrate"],
                         current=prepared.snapshot.schema_revision,
                         allow_breaking=allow_breaking,
-                        first_release=prepared.first_release,
+                        first_release=prepared.snapshot.first_release,
                     )
                 except MigrationRefused as exc:
                     refused = str(exc)

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from prefect_docker import DockerRegistryCredentials
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from blocks.application import ROLES, Build
 from blocks.environment import ReleaseEnvironment, push_credentials
-from flows.saga import Steps
+from flows.saga import StepRun, Steps
 from ledger.record import Snapshot
-from targets.build import stage_tag
+from targets.build import BuiltImage, stage_tag
 from targets.errors import ConfigurationError
 from targets.images import parse_image_reference
 from tasks.build import build
@@ -88,21 +88,24 @@ def documented(summary: str, **more: str) -> Callable[[F], F]:
     return document
 
 
+# Starts the migration check of a just-built image: (the rollback point, the image id of
+# the migrate role) -> the running step.
+CheckBuilt = Callable[[Snapshot, str], StepRun]
+
+
 class Prepared(BaseModel):
     """The rollback point and the pinned images a release would roll out."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     snapshot: Snapshot
     images: dict[str, str]  # role (api, worker, migrate) -> pinned reference
     version: str
+    check: StepRun | None = None  # the migration check, when started before the push
 
     @property
     def api(self) -> str:
         return self.images["api"]
-
-    @property
-    def first_release(self) -> bool:
-        """Nothing runs yet and the schema is at base (no revision can be breaking)."""
-        return self.snapshot.state.api.image is None and self.snapshot.schema_revision is None
 
     def is_running(self, workers: int) -> bool:
         state = self.snapshot.state
@@ -113,28 +116,46 @@ class Prepared(BaseModel):
         )
 
 
-def prepare(run: Steps, request: ReleaseRequest) -> Prepared:
-    """Snapshot what runs while the images are built and pushed (or resolved)."""
+def prepare(run: Steps, request: ReleaseRequest, check_built: CheckBuilt | None = None) -> Prepared:
+    """Snapshot what runs while the images are built and pushed (or resolved). Where the
+    target runs one-offs on the engine that built the images, `check_built` starts the
+    migration check on them as soon as they are built, while they are pushed."""
     snapshot = run.submit("snapshot", take_snapshot, run.env, run.target)
-    if request.image is None:
-        images, version = build_and_push(run, request)
-    else:
+    if request.image is not None:
         credentials = push_credentials(run.env)
         references = role_references(request.image, run.env.application.build)
         resolved = resolve_images(run, references, credentials)
         images = {role: pinned for role, (pinned, _) in resolved.items()}
-        version = resolved["api"][1]
-    return Prepared(snapshot=snapshot.result(), images=images, version=version)
+        return Prepared(snapshot=snapshot.result(), images=images, version=resolved["api"][1])
+    built = build_images(run, request)
+    check = None
+    built_ids = {role: image.image_id for role, image in built.items()}
+    if check_built is not None and run.target.checks_before_push(built_ids):
+        check = check_built(snapshot.result(), built_ids["migrate"])
+    try:
+        images = push_images(run, request, built)
+    except BaseException:
+        if check is not None:
+            check.wait()  # no step is left running when the release ends
+        raise
+    version = built["api"].version
+    return Prepared(snapshot=snapshot.result(), images=images, version=version, check=check)
 
 
 def build_and_push(run: Steps, request: ReleaseRequest) -> tuple[dict[str, str], str]:
-    """Build the requested source's images, push each distinct one and confirm it: the
-    pinned image of each role, and the version they were built as."""
-    env, spec = run.env, run.env.application.build
-    built = run.step(
+    """Build the requested source's images and push them: the pinned image of each role,
+    and the version they were built as."""
+    built = build_images(run, request)
+    return push_images(run, request, built), built["api"].version
+
+
+def build_images(run: Steps, request: ReleaseRequest) -> dict[str, BuiltImage]:
+    """The build step: the requested source's image of each role."""
+    env = run.env
+    return run.step(
         "build",
         build,
-        spec,
+        env.application.build,
         env.image_repository,
         source=request.source,
         ref=request.git_ref,
@@ -142,6 +163,13 @@ def build_and_push(run: Steps, request: ReleaseRequest) -> tuple[dict[str, str],
         version=request.version,
         docker_host=env.docker_host,
     )
+
+
+def push_images(
+    run: Steps, request: ReleaseRequest, built: dict[str, BuiltImage]
+) -> dict[str, str]:
+    """Push each distinct built image and confirm it: the pinned image of each role."""
+    env, spec = run.env, run.env.application.build
     credentials = push_credentials(env)
     pinned = {}
     for image in {b.reference: b for b in built.values()}.values():
@@ -155,7 +183,7 @@ def build_and_push(run: Steps, request: ReleaseRequest) -> tuple[dict[str, str],
             same_sources=request.version is None,
         )
         run.step(f"confirm-push{suffix}", confirm_pushed, env, pinned[image.reference])
-    return {role: pinned[b.reference] for role, b in built.items()}, built["api"].version
+    return {role: pinned[b.reference] for role, b in built.items()}
 
 
 def resolve_images(

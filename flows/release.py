@@ -3,7 +3,8 @@
     snapshot what runs            (the rollback point; concurrent with the build)
     build the image               (or resolve a given image to its digest)
     push it                       (returns the pinned digest)
-    check the migrations          (breaking or irreversible revisions refused; rehearsal)
+    check the migrations          (breaking or irreversible revisions refused; rehearsal;
+                                   on a Docker host, of the built image while it is pushed)
     approve                       (environments that require it)
     migrate the database          (alembic upgrade head, in the new image)
     roll it out                   (flows/rollout.py: deploy the API + scale the workers,
@@ -15,6 +16,8 @@ API, the workers and the schema and verifies them. Whatever fails, the flow rais
 ReleaseFailed saying which step failed, why, and what was restored.
 """
 
+from functools import partial
+
 from prefect import flow
 
 from blocks.environment import load_environment
@@ -23,8 +26,8 @@ from flows.errors import ReleaseFailed
 from flows.plan import plan
 from flows.prepare import ReleaseRequest, documented, prepare
 from flows.rollout import roll_out
-from flows.saga import Saga
-from ledger.record import Compensation
+from flows.saga import Saga, StepRun
+from ledger.record import Compensation, Snapshot
 from tasks.check_migrations import check_migrations
 from tasks.migrate import migrate
 
@@ -71,7 +74,7 @@ def release(
 
     source = request.describe(env.application.build)
     with Saga.begin(env, "release", source, planned=len(RELEASE_STEPS)) as saga:
-        prepared = prepare(saga, request)
+        prepared = prepare(saga, request, check_built=partial(start_check, saga, request))
         snapshot, images, version = prepared.snapshot, prepared.images, prepared.version
         saga.record.took_snapshot(snapshot)
         saga.record.rolls_out(images, version, workers)
@@ -79,16 +82,8 @@ def release(
             message = f"{version} ({prepared.api}) already runs in {environment}: nothing to do"
             return saga.finish("no-op", message, snapshot.schema_revision)
 
-        check = saga.step(
-            "check-migrations",
-            check_migrations,
-            env,
-            saga.target,
-            images["migrate"],
-            current=snapshot.schema_revision,
-            allow_breaking=request.allow_breaking,
-            first_release=prepared.first_release,
-        )
+        checking = prepared.check or start_check(saga, request, snapshot, images["migrate"])
+        check = checking.result()
         saga.record.irreversible = check.irreversible
         saga.record.approved_by = approve(env, version, prepared.api)
         schema = snapshot.schema_revision
@@ -109,3 +104,17 @@ def release(
             f"schema {snapshot.schema_revision or 'base'} -> {schema or 'base'}",
             schema,
         )
+
+
+def start_check(saga: Saga, request: ReleaseRequest, snapshot: Snapshot, image: str) -> StepRun:
+    """Start check-migrations of `image` against the rollback point."""
+    return saga.submit(
+        "check-migrations",
+        check_migrations,
+        saga.env,
+        saga.target,
+        image,
+        current=snapshot.schema_revision,
+        allow_breaking=request.allow_breaking,
+        first_release=snapshot.first_release,
+    )

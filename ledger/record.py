@@ -42,6 +42,11 @@ class Snapshot(BaseModel):
     schema_revision: str | None
     taken_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
+    @property
+    def first_release(self) -> bool:
+        """Nothing runs yet and the schema is at base (no revision can be breaking)."""
+        return self.state.api.image is None and self.schema_revision is None
+
 
 @dataclass(frozen=True)
 class Expected:

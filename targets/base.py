@@ -99,6 +99,11 @@ class Target(Protocol):
     ) -> OneOffResult:
         """Run `command` once in `image` (e.g. migrations) and wait for its exit."""
 
+    def checks_before_push(self, built: dict[str, str]) -> bool:
+        """Whether one-offs can run the images just built (role -> image id) before they are
+        pushed, because they run on the engine that built them, and the API does not run
+        them already (a re-release of what runs checks nothing). Changes nothing."""
+
     def restore_api(self, state: ServiceState) -> None:
         """Put the API back to a recorded state (no rebuild)."""
 

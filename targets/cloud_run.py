@@ -283,6 +283,10 @@ class CloudRunTarget:
         service.traffic = [run_v2.TrafficTarget(type_=LATEST, percent=100)]
         self._update(service, f"run {count} worker(s) of {image} as {revision}", revision)
 
+    def checks_before_push(self, built: dict[str, str]) -> bool:
+        """One-offs run in the cloud, from the registry: only a pushed image can be checked."""
+        return False
+
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
     ) -> OneOffResult:

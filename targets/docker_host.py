@@ -189,6 +189,11 @@ class DockerHostTarget:
         self._ensure_image(image)
         return self._call(f"run {' '.join(command)} in {image}", run)
 
+    def checks_before_push(self, built: dict[str, str]) -> bool:
+        """Images are built on this engine (the environment's `docker_host`)."""
+        api = self._container(self.api_name)
+        return api is None or api.attrs["Image"] != built["api"]
+
     def restore_api(self, state: ServiceState) -> None:
         """Bring back the recorded API: restart the kept container when it is the one
         recorded, otherwise run the recorded image again. No rebuild either way."""

@@ -258,6 +258,10 @@ class EcsTarget:
         )
         self._update(self.worker_service, revision, count)
 
+    def checks_before_push(self, built: dict[str, str]) -> bool:
+        """One-offs run in the cloud, from the registry: only a pushed image can be checked."""
+        return False
+
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
     ) -> OneOffResult:
