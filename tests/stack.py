@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.warm_engine import SOCKET_VARIABLE
 from tests import services
 from tests.releases import wait_until
 
@@ -63,13 +64,15 @@ class Processes:
 
     def __init__(self, root: Path):
         self.root, self.started = root, []
-        self.commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+        self.commands: dict[str, tuple[list[str], dict[str, str], Path]] = {}
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str], cwd: Path = REPO_ROOT
+    ) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.started.append((name, proc, log))
-        self.commands[name] = (args, env)
+        self.commands[name] = (args, env, cwd)
         return proc
 
     def kill(self, name: str) -> None:
@@ -94,18 +97,25 @@ class Processes:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
     def wait_http(self, name: str, url: str, ok: tuple[int, ...] = (200,)) -> None:
+        def answers() -> bool:
+            try:
+                return httpx.get(url, timeout=2).status_code in ok
+            except httpx.HTTPError:
+                return False
+
+        self.wait_for(name, answers, f"did not answer on {url}")
+
+    def wait_for(self, name: str, ready: Callable[[], bool], failure: str = "is not ready") -> None:
+        """Until `ready()`, while the newest `name` runs (at most 180 s: a busy 2-CPU
+        machine starts a server slowly)."""
         proc = self._newest(name)
-        deadline = time.monotonic() + 180  # a busy 2-CPU machine starts a server slowly
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 180
+        while not ready():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code in ok:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"{name} did not answer on {url}:\n{self.log(name)[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} {failure}:\n{self.log(name)[-3000:]}")
+            time.sleep(0.1)
 
     def stop_all(self) -> None:
         for _, proc, log in reversed(self.started):
@@ -239,12 +249,25 @@ def start_bridge(
 
 
 def start_worker(
-    processes: Processes, stack: Stack, pool: str = "release", name: str = "worker", *options
+    processes: Processes,
+    stack: Stack,
+    pool: str = "release",
+    name: str = "worker",
+    *options,
+    warm: bool = True,
 ) -> None:
     """A worker of `pool` called `name` (its process and log name too), with `options` of
-    `prefect worker start`."""
+    `prefect worker start`; `warm`: its flow runs are forked from a warm engine
+    (flows/warm_engine.py, process `<name>-engine`), as the README sets a worker up."""
+    env = stack.env
+    if warm:
+        path = str(stack.root / f"{name}-engine.sock")
+        engine = [sys.executable, "-m", "flows.warm_engine", "--socket", path]
+        processes.start(f"{name}-engine", engine, stack.env)
+        processes.wait_for(f"{name}-engine", lambda: os.path.exists(path))
+        env = {**stack.env, SOCKET_VARIABLE: path}
     args = ["worker", "start", "--pool", pool, "--name", name, *options]
-    processes.start(name, [str(VENV_BIN / "prefect"), *args], stack.env)
+    processes.start(name, [str(VENV_BIN / "prefect"), *args], env)
 
 
 # --- runs of the stack's deployments ------------------------------------------------------

@@ -106,8 +106,8 @@ def deployed(server, environments, registry) -> str:
 
 @pytest.fixture(scope="module")
 def workers(processes, server, deployed) -> tuple[str, ...]:
-    for name in WORKERS:
-        start_worker(processes, server, "release-docker", name, "--limit", "1")
+    for name in WORKERS:  # their flow runs start in containers: no warm engine
+        start_worker(processes, server, "release-docker", name, "--limit", "1", warm=False)
     return WORKERS
 
 

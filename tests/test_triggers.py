@@ -253,7 +253,7 @@ def pushed(stack, bridge, worker, registry, registry2, engine, build_backend, sa
     return env, tag, digest, completed(stack, flow_run)
 
 
-def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed):
+def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed, processes):
     env, tag, digest, flow_run = pushed
 
     assert flow_run.parameters["digest"] == digest
@@ -261,6 +261,8 @@ def test_a_pushed_image_is_released_by_its_digest(stack, registry2, pushed):
     assert served_version(env) == "trg-v1"
     assert connect_target(env).read_state().api.image == f"{registry2}/tests/backend@{digest}"
     assert "flow run started in" in logs(stack, flow_run.id)  # event -> run latency
+    # its process was forked from the worker's warm engine (flows/warm_engine.py)
+    assert f"flow run {flow_run.id} in process" in processes.log("worker-engine")
 
 
 def test_the_ledger_says_an_event_started_it_and_status_runs_from_the_cli(stack, pushed):
