@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The local Prefect server `make demo` releases through, so that its UI shows the release
-# afterwards: `prefect server start` (SQLite under $PREFECT_HOME, no cloud) and a process
-# worker on the `release` pool, both in the background and reused while they run.
+# afterwards: `prefect server start` (SQLite under $PREFECT_HOME, no cloud), a process
+# worker on the `release` pool and the warm engine its flow runs are forked from
+# (flows/warm_engine.py), all in the background and reused while they run.
 #
 #   scripts/local-prefect.sh up          start what is not running (idempotent); print the URL
-#   scripts/local-prefect.sh down        stop the worker and the server (their data is kept)
+#   scripts/local-prefect.sh down        stop the worker, its warm engine and the server (data kept)
 #   scripts/local-prefect.sh exec CMD... run CMD against that server (PREFECT_API_URL, PREFECT_HOME)
 #
 # RELEASE_PREFECT_PORT (default 4200) is its port; PREFECT_HOME (default
@@ -25,15 +26,18 @@ export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-fal
 export PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="${PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT:-false}"
 SERVER_PID="$PREFECT_HOME/local-server.pid"
 WORKER_PID="$PREFECT_HOME/local-worker.pid"
+ENGINE_PID="$PREFECT_HOME/local-warm-engine.pid"
+# The worker's flow runs are forked from a warm engine (flows/warm_engine.py) listening here.
+export RELEASE_WARM_ENGINE="$PREFECT_HOME/warm-engine.sock"
 UI_URL="http://127.0.0.1:$PORT"
 
 log() { printf '[prefect] %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-running() {  # running PIDFILE: the process it names is alive and is one of ours
+running() {  # running PIDFILE [WORD]: the process it names is alive and is one of ours
     local pid
     pid="$(cat "$1" 2>/dev/null)" || return 1
-    [ -n "$pid" ] && grep -qa prefect "/proc/$pid/cmdline" 2>/dev/null
+    [ -n "$pid" ] && grep -qa "${2:-prefect}" "/proc/$pid/cmdline" 2>/dev/null
 }
 
 healthy() { curl -fsS -o /dev/null --max-time 5 "$PREFECT_API_URL/health" 2>/dev/null; }
@@ -79,6 +83,23 @@ up_server() {
     wait_healthy
 }
 
+up_engine() {
+    if running "$ENGINE_PID" warm_engine; then
+        log "warm engine: already running"
+        return
+    fi
+    log "warm engine: starting (log: $PREFECT_HOME/warm-engine.log)"
+    start "$ENGINE_PID" "$PREFECT_HOME/warm-engine.log" \
+        "${VENV:-.venv}/bin/python" -m flows.warm_engine --socket "$RELEASE_WARM_ENGINE"
+    local deadline=$((SECONDS + 600))  # it imports Prefect and the flows first
+    until grep -q "ready on" "$PREFECT_HOME/warm-engine.log" 2>/dev/null; do
+        running "$ENGINE_PID" warm_engine || die "the warm engine exited: see $PREFECT_HOME/warm-engine.log
+$(tail -n 20 "$PREFECT_HOME/warm-engine.log" 2>/dev/null)"
+        [ "$SECONDS" -lt "$deadline" ] || die "the warm engine is not ready: see $PREFECT_HOME/warm-engine.log"
+        sleep 0.2
+    done
+}
+
 up_worker() {
     if running "$WORKER_PID"; then
         log "worker: already polling the release pool"
@@ -89,9 +110,9 @@ up_worker() {
         "$PREFECT" worker start --pool release --type process --name local
 }
 
-stop() {  # stop NAME PIDFILE: the process group it started, then wait for it to end
+stop() {  # stop NAME PIDFILE [WORD]: the process group it started, then wait for it to end
     local name="$1" pidfile="$2" pid
-    if ! running "$pidfile"; then
+    if ! running "$pidfile" "${3:-prefect}"; then
         log "$name: not running"
         rm -f "$pidfile"
         return
@@ -108,8 +129,8 @@ stop() {  # stop NAME PIDFILE: the process group it started, then wait for it to
 }
 
 case "${1:-}" in
-    up) up_server; up_worker; log "UI: $UI_URL" ;;
-    down) stop worker "$WORKER_PID"; stop server "$SERVER_PID" ;;
+    up) up_server; up_engine; up_worker; log "UI: $UI_URL" ;;
+    down) stop worker "$WORKER_PID"; stop "warm engine" "$ENGINE_PID" warm_engine; stop server "$SERVER_PID" ;;
     exec) shift; exec "$@" ;;
     *) die "usage: $0 up|down|exec CMD..." ;;
 esac
