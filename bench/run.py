@@ -10,7 +10,8 @@ Figures (min / median / max over BENCH_ROUNDS rounds, default 3):
   failed verification to the end of the rollback subflow, which ends only once the previous
   version is verified healthy (goal <= 5)
 - schema_rollback_seconds: the same with a pending migration, so the rollback downgrades
-- event_to_run_seconds: image push -> the triggered flow run started (worker polls 1 s)
+- event_to_run_seconds: image push -> the triggered flow run started (worker polls 1 s, its
+  flow runs forked from a warm engine)
 - version_5000_files: the content version of a 5,000-file monorepo against `tar -c` of its
   build context (bench/version_speed.py), seconds each
 - scale: one code change released to 1, 2, 4 and 8 environments at once by one
@@ -227,7 +228,8 @@ def machine(engine) -> dict:
 
 def import_rounds(samples: Samples, api_url: str, rounds: int = 3) -> None:
     """How long a fresh interpreter takes to import Prefect, then the flow modules on top
-    (what a worker's flow-run process pays before its flow starts), against the bench's
+    (what a worker's flow-run process pays before its flow starts without a warm engine,
+    and what the warm engine pays once: flows/warm_engine.py), against the bench's
     server as a worker's would be: without an API URL, the form's environment choices
     would start a temporary Prefect server. A round that fails is recorded as failed."""
     code = (
