@@ -13,9 +13,9 @@ passed on to the child; if it is killed, the child kills itself. Without a warm 
 answering on PATH it runs the flow itself, as before (and says so on stderr).
 
 The server forks only while it is a single thread, from a state in which it has talked to
-nothing: it imports modules and waits on its socket (0600, in a directory only its user
-can enter). Everything about a run comes from the command's environment, as for a new
-process; Prefect's settings and logging are read again from it in the child.
+nothing: it imports modules and waits on its socket (mode 0600: only its user connects).
+Everything about a run comes from the command's environment, as for a new process;
+Prefect's settings and logging are read again from it in the child.
 """
 
 import argparse
@@ -62,8 +62,13 @@ def run_in_warm_engine(path: str) -> int | None:
         print(f"no warm engine at {path} ({exc}): starting the flow run here", file=sys.stderr)
         return None
     request = json.dumps({"env": dict(os.environ), "cwd": os.getcwd()}).encode()
-    socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
-    conn.sendall(request)
+    try:
+        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        conn.sendall(request)
+    except OSError as exc:  # e.g. a standard stream this process was started without
+        conn.close()
+        print(f"cannot hand the run to the warm engine ({exc}): starting it here", file=sys.stderr)
+        return None
 
     forwarded: list[int] = []
 
