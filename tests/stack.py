@@ -103,11 +103,17 @@ class Processes:
             except httpx.HTTPError:
                 return False
 
-        self.wait_for(name, answers, f"did not answer on {url}")
+        self.wait_for(name, answers, f"did not answer on {url}", every=0.3)
 
-    def wait_for(self, name: str, ready: Callable[[], bool], failure: str = "is not ready") -> None:
-        """Until `ready()`, while the newest `name` runs (at most 180 s: a busy 2-CPU
-        machine starts a server slowly)."""
+    def wait_for(
+        self,
+        name: str,
+        ready: Callable[[], bool],
+        failure: str = "is not ready",
+        every: float = 0.1,
+    ) -> None:
+        """Until `ready()`, asked `every` seconds while the newest `name` runs (at most
+        180 s: a busy 2-CPU machine starts a server slowly)."""
         proc = self._newest(name)
         deadline = time.monotonic() + 180
         while not ready():
@@ -115,7 +121,7 @@ class Processes:
                 raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.log(name)[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} {failure}:\n{self.log(name)[-3000:]}")
-            time.sleep(0.1)
+            time.sleep(every)
 
     def stop_all(self) -> None:
         for _, proc, log in reversed(self.started):

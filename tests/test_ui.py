@@ -31,7 +31,9 @@ from tests.releases import served_version
 from tests.stack import Stack, completed, deploy, runs_of, start_server, start_worker, subflows
 from tests.test_triggers import paused_release
 
-pytestmark = [pytest.mark.ui, pytest.mark.triggers]
+# One stack (server, deployments, worker, browser) for the module: its tests on one xdist
+# worker, else each worker they land on builds its own (~100 s each on this machine).
+pytestmark = [pytest.mark.ui, pytest.mark.triggers, pytest.mark.xdist_group("ui")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -20,6 +20,8 @@ import pytest
 from flows.warm_engine import SOCKET_VARIABLE, STALE
 from tests.stack import REPO_ROOT, Processes
 
+pytestmark = pytest.mark.xdist_group("warm-engine")  # one warm engine for the module
+
 # The packages a flow run imports: a copy of them is a project whose code a test may change.
 PACKAGES = ("flows", "blocks", "targets", "tasks", "ledger", "deployments")
 
