@@ -3,6 +3,8 @@ before anything changes.
 
     snapshot what runs                    (the rollback point; concurrent with the build)
     build and push the image, or resolve the given one
+      (a release on a Docker host starts its migration check on the built image here,
+       while the image is pushed)
 """
 
 import textwrap
