@@ -13,6 +13,7 @@ from blocks.environment import connect_target
 from flows.errors import ReleaseFailed
 from flows.lock import in_flight
 from flows.release import release
+from ledger.store import Ledger
 from targets.database import alembic_in_process, read_revision
 from targets.docker_host import L_ENV
 from targets.errors import StepFailed
@@ -253,6 +254,33 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert accepted.pending == ["0004"] and "drop column" in accepted.accepted[0]
     assert accepted.rehearsal_seconds > 0
     assert schema(pg, database) == "0003"  # the rehearsal ran elsewhere
+
+
+def test_a_breaking_change_built_here_is_refused_while_it_is_pushed_with_nothing_changed(
+    environment, engine, pg, database, build_backend, tmp_path
+):
+    """Released from source on a Docker host, the check runs on the built image while it
+    is pushed (flows/prepare.py): its refusal leaves everything as it was, too."""
+    release(environment.environment, image=build_backend("m-v3"))
+    before = containers(engine, environment)
+    source = backend_context(tmp_path, "0003", VARIANTS["ms-breaking"]["extra"])
+
+    with refused(MigrationRefused) as info:
+        release(environment.environment, source=str(source), version="ms-src-breaking")
+
+    assert "revision 0004: drop column" in str(info.value)
+    assert containers(engine, environment) == before
+    assert schema(pg, database) == "0003"
+    assert "description" in columns(pg, database, "projects")
+    assert served_version(environment) == "m-v3"
+    assert in_flight(environment.environment) is None
+    assert rehearsal_databases(pg, database) == []
+    with Ledger(environment.database_url_value()) as ledger:
+        refusal = ledger.history(environment.environment)[0]
+    steps = {step.name: step for step in refusal.steps}
+    assert refusal.outcome == "failed" and steps["check-migrations"].outcome == "failed"
+    push = steps["push"]
+    assert steps["check-migrations"].started < push.started + push.seconds  # during the push
 
 
 @pytest.mark.appspec
