@@ -153,7 +153,7 @@ def _child(conn: socket.socket, fresh: bool) -> NoReturn:
     try:
         header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
         (length,) = _HEADER.unpack(header)
-        request = json.loads(_receive(conn, length))
+        request = json.loads(conn.recv(length, socket.MSG_WAITALL))
         run = request["env"].get("PREFECT__FLOW_RUN_ID")
         print(f"warm engine: flow run {run} in process {os.getpid()}", flush=True)
         for fd, standard in zip(fds, (0, 1, 2), strict=True):
@@ -175,16 +175,6 @@ def _child(conn: socket.socket, fresh: bool) -> NoReturn:
     # events (it does on interpreter exit); only then tell the command how it ended.
     atexit.register(report)
     raise SystemExit(code)
-
-
-def _receive(conn: socket.socket, length: int) -> bytes:
-    data = b""
-    while len(data) < length:
-        chunk = conn.recv(length - len(data))
-        if not chunk:
-            raise ConnectionError("the command hung up before its request was complete")
-        data += chunk
-    return data
 
 
 def _follow_launcher(conn: socket.socket, reported: threading.Event) -> None:

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from flows.warm_engine import SOCKET_VARIABLE, STALE
+from tests.releases import wait_until
 from tests.stack import REPO_ROOT, Processes
 
 pytestmark = pytest.mark.xdist_group("warm-engine")  # one warm engine for the module
@@ -74,15 +74,16 @@ def command(path: str, api_url: str, run_id: str, project: Path = REPO_ROOT) -> 
     )
 
 
-def forked_process(processes: Processes, run_id: str, timeout: float = 30) -> int:
+def forked_process(processes: Processes, run_id: str) -> int:
     """The pid the warm engine forked for `run_id` (from its log)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def logged() -> int | None:
         for line in processes.log("engine").splitlines():
             if f"flow run {run_id} in process" in line:
                 return int(line.rsplit(" ", 1)[1])
-        time.sleep(0.1)
-    raise AssertionError(f"the warm engine did not start {run_id}:\n{processes.log('engine')}")
+        return None
+
+    return wait_until(logged, f"the warm engine to start {run_id}", timeout=30, interval=0.1)
 
 
 def alive(pid: int) -> bool:
@@ -91,13 +92,6 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-
-
-def wait_gone(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not alive(pid)
 
 
 def test_the_command_gets_the_runs_output_and_exit_code(engine, silent_api):
@@ -122,7 +116,7 @@ def test_a_stopped_or_killed_command_takes_its_run_with_it(engine, silent_api, h
     proc.send_signal(how)
     proc.wait(timeout=30)
 
-    assert wait_gone(run), f"the run's process {run} outlived its command ({how.name})"
+    wait_until(lambda: not alive(run), f"the run's process {run} to end ({how.name})", timeout=10)
     assert proc.returncode == -how  # as a flow-run process of the worker's own would end
 
 
