@@ -1,6 +1,11 @@
 """verify: the new version answers — N consecutive healthy answers of the health endpoint,
-each showing the expected version, within a budget (after the application's start
-period) — and the expected number of workers is ready.
+each showing the expected version, the first of them within a budget (after the
+application's start period) — and the expected number of workers is ready.
+
+Budgets stretch with the load on the machine running the release (a Docker-host target
+starts its containers on it), read again at every probe: eight releases at once on 2 CPUs
+start slower than one, and the load rises while they do. A streak of healthy answers under
+way when the budget ends may finish; one unhealthy answer after it ends fails.
 
 Where the health answer shows no version (application spec `health.version_source`
 'none'), the answers must be healthy and the platform must show that the API runs the
@@ -29,8 +34,7 @@ def verify_api(
     logger = get_run_logger()
     health = env.application.health
     url = url.rstrip("/") + health.path
-    budget = (health.start_period_seconds + env.health_budget_seconds) * busy_machine(logger)
-    deadline = time.monotonic() + budget
+    budget = Budget(health.start_period_seconds + env.health_budget_seconds, logger)
     streak, last = 0, "no answer yet"
     # A target whose URLs require authentication (a private Cloud Run service) says how.
     headers = target.request_headers(url) if hasattr(target, "request_headers") else {}
@@ -44,9 +48,9 @@ def verify_api(
             # the confirmations and the probes of an API that answers unhealthy.
             starting = not healthy and not last.startswith("HTTP")
             pause = FIRST_PROBES_SECONDS if starting else env.health_interval_seconds
-            if time.monotonic() + pause > deadline:
+            if not streak and budget.spent(pause):
                 raise StepFailed(
-                    f"API at {url} not healthy within {budget:.0f} s "
+                    f"API at {url} not healthy within {budget.seconds:.0f} s "
                     f"({streak}/{env.health_consecutive} consecutive healthy answers); "
                     f"last answer: {last}"
                 )
@@ -61,16 +65,31 @@ def verify_api(
         logger.info(f"{url}: {streak} consecutive healthy answers from {version}")
 
 
-def busy_machine(logger) -> float:
-    """How much longer than on an idle machine verification may take: the load per CPU of
-    the machine running the release, when above 1 (a Docker-host target starts its
-    containers on it; eight releases at once on 2 CPUs start slower than one)."""
-    cpus = os.cpu_count() or 1
-    load = os.getloadavg()[0]
-    factor = max(1.0, load / cpus)
-    if factor > 1.0:
-        logger.info(f"this machine is busy (load {load:.1f} on {cpus} CPUs): budgets x{factor:.1f}")
-    return factor
+class Budget:
+    """`seconds` from now, stretched by the load per CPU of this machine when above 1,
+    read again at each `spent` (the stretch never shrinks)."""
+
+    def __init__(self, seconds: float, logger):
+        self.base, self.logger = seconds, logger
+        self.started = time.monotonic()
+        self.stretch = self.told = 1.0
+
+    @property
+    def seconds(self) -> float:
+        return self.base * self.stretch
+
+    def spent(self, before_next: float = 0.0) -> bool:
+        """Whether the budget would be spent `before_next` seconds from now."""
+        cpus = os.cpu_count() or 1
+        load = os.getloadavg()[0]
+        self.stretch = max(self.stretch, load / cpus)
+        if self.stretch >= 1.25 * self.told:  # said when it has grown by a quarter
+            self.told = self.stretch
+            self.logger.info(
+                f"this machine is busy (load {load:.1f} on {cpus} CPUs): budget "
+                f"{self.base:.0f} s x{self.stretch:.1f}"
+            )
+        return time.monotonic() + before_next > self.started + self.seconds
 
 
 def _probe(
@@ -107,16 +126,15 @@ def _version(response: httpx.Response, health: Health) -> str | None:
 @task(name="verify-workers", cache_policy=NO_CACHE)
 def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: int) -> None:
     logger = get_run_logger()
-    budget = env.worker_budget_seconds * busy_machine(logger)
-    deadline = time.monotonic() + budget
+    budget = Budget(env.worker_budget_seconds, logger)
     while True:
         health = target.workers_alive(image, count)
         if health.ok:
             logger.info(f"{health.ready}/{count} worker(s) ready")
             return
-        if time.monotonic() > deadline:
+        if budget.spent():
             raise StepFailed(
-                f"only {health.ready}/{count} worker(s) ready within {budget:.0f} s: "
+                f"only {health.ready}/{count} worker(s) ready within {budget.seconds:.0f} s: "
                 f"{health.detail or 'no detail'}"
             )
         time.sleep(1)
