@@ -9,10 +9,12 @@ once, then released to all of them at once.
     report every environment's outcome
 
 Each release is a whole release of its own environment: its own lock, ledger row,
-migration check and, if it fails, compensating rollback. One environment failing does not
-touch the others. If any failed, the flow raises ReleaseFailed listing every environment's
-outcome ('released', 'no-op', 'failed', 'rolled back', 'rollback failed') and message;
-otherwise it returns each environment's release summary.
+migration check and, if it fails, compensating rollback. Only the check's probe of the
+image's revisions is shared: environments at the same revision with the same settings
+take the answer of one probe (tasks/check_migrations.py: SharedProbes). One environment
+failing does not touch the others. If any failed, the flow raises ReleaseFailed listing
+every environment's outcome ('released', 'no-op', 'failed', 'rolled back', 'rollback
+failed') and message; otherwise it returns each environment's release summary.
 
     python -m flows.fan_out SOURCE ENVIRONMENT...
 """
@@ -32,6 +34,7 @@ from flows.prepare import ReleaseRequest, build_and_push
 from flows.release import release
 from flows.saga import Steps
 from targets.errors import ConfigurationError
+from tasks.check_migrations import shared_probes
 
 # From the least to the most that is left to do after a release failed.
 FAILURES = ("failed", "rolled back", "rollback failed")
@@ -137,8 +140,13 @@ def release_each(names: list[str], image: str, worker_count: int | None) -> dict
         return summary
 
     # Each thread runs in a copy of this run's context, so its release is a subflow of this
-    # run; a subflow needs no heartbeat of its own (flows/engine.py).
-    with heartbeat_off(), ThreadPoolExecutor(len(names), thread_name_prefix="release") as pool:
+    # run; a subflow needs no heartbeat of its own (flows/engine.py); the releases' migration
+    # checks probe the image once for all environments at the same revision.
+    with (
+        heartbeat_off(),
+        shared_probes(),
+        ThreadPoolExecutor(len(names), thread_name_prefix="release") as pool,
+    ):
         futures = {
             name: pool.submit(contextvars.copy_context().run, release_one, name) for name in names
         }

@@ -23,11 +23,16 @@
 `allow_breaking` lists the revisions whose findings the caller accepts.
 """
 
+import hashlib
+import json
 import re
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 
 from prefect import get_run_logger, task
@@ -135,11 +140,71 @@ def check_migrations(
     return replace(check, rehearsal_seconds=seconds)
 
 
+class SharedProbes:
+    """The probes of the releases of one fan-out (flows/fan_out.py), which release one
+    pinned image at once: each probe (image, revision range, the one-off's settings) runs
+    once, and the releases asking for it meanwhile wait for its answer. A probe that fails
+    is forgotten, so a retry probes again."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._answers: dict[str, Future] = {}
+
+    def answer(self, key: str, probe: Callable[[], list[ProbedRevision]]):
+        with self._lock:
+            answer, asks = self._answers.get(key), key not in self._answers
+            if asks:
+                answer = self._answers[key] = Future()
+        if not asks:
+            get_run_logger().info(
+                "the image's revisions are probed once for this fan-out: "
+                "the answer of another environment's probe stands"
+            )
+            return answer.result()
+        try:
+            answer.set_result(probe())
+        except BaseException as exc:
+            with self._lock:
+                del self._answers[key]
+            answer.set_exception(exc)
+        return answer.result()
+
+
+_SHARED_PROBES: ContextVar[SharedProbes | None] = ContextVar("shared_probes", default=None)
+
+
+@contextmanager
+def shared_probes() -> Iterator[None]:
+    """Within it (and in the threads and tasks started from its context), equal probes run
+    once: see SharedProbes."""
+    token = _SHARED_PROBES.set(SharedProbes())
+    try:
+        yield
+    finally:
+        _SHARED_PROBES.reset(token)
+
+
 def probe_revisions(
     env: ReleaseEnvironment, target: Target, image: str, *, lower: str | None, upper: str
 ) -> list[ProbedRevision]:
-    """The revisions of `image` in (lower, upper], rendered offline one by one. A one-off
-    whose output cannot be read is refused: the revisions would go unchecked."""
+    """The revisions of `image` in (lower, upper], rendered offline one by one (once per
+    fan-out: SharedProbes)."""
+    shared = _SHARED_PROBES.get()
+    if shared is None:
+        return _probe(env, target, image, lower=lower, upper=upper)
+    # What the one-off sees besides the image: its command and the environment's settings
+    # that become container variables (the probe's database variables point nowhere).
+    settings = [env.target, env.application.model_dump(mode="json"), env.env, env.env_file]
+    asked = json.dumps([image, lower, upper, *settings, env.secrets], sort_keys=True)
+    key = hashlib.sha256(asked.encode()).hexdigest()
+    return shared.answer(key, lambda: _probe(env, target, image, lower=lower, upper=upper))
+
+
+def _probe(
+    env: ReleaseEnvironment, target: Target, image: str, *, lower: str | None, upper: str
+) -> list[ProbedRevision]:
+    """Run the probe in a one-off. A one-off whose output cannot be read is refused: the
+    revisions would go unchecked."""
     result = target.run_oneoff(
         image,
         env.application.migrate.cli().probe(lower, upper),

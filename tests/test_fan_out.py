@@ -2,6 +2,7 @@
 released to each environment as a subflow of the fan-out run, one environment failing
 rolled back on its own, bad input refused before any change."""
 
+import time
 import uuid
 from collections import Counter
 
@@ -19,7 +20,13 @@ from ledger.store import Ledger
 from targets.docker_host import L_ENV
 from targets.errors import ConfigurationError
 from tests.backend import TEST_REPOSITORY, backend_context
-from tests.releases import local_environment, refused, remove_containers, served_version
+from tests.releases import (
+    local_environment,
+    logged,
+    refused,
+    remove_containers,
+    served_version,
+)
 
 # The tests share one fleet of environments (the failure test starts from the first
 # release), so they run in order in one process.
@@ -94,6 +101,16 @@ def test_one_change_is_built_once_and_released_everywhere(released, fleet):
         assert run.state.is_completed()
         steps = task_runs(run.id)
         assert "build" not in steps and steps["resolve-image"] == 1, steps
+    # All at the same revision with the same settings: the image's revisions were probed
+    # once, and the other releases' checks took that answer.
+    reused = "the answer of another environment's probe stands"
+    deadline = time.monotonic() + 15  # log lines reach the API in batches
+    while True:
+        took = [run.name for run in releases if logged(reused, run.id, seconds=0)]
+        if len(took) >= len(releases) - 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(took) == len(releases) - 1, took
 
 
 def test_bad_input_is_refused_before_any_change(fleet, engine, pg, registry, tmp_path):
