@@ -5,6 +5,8 @@ Replacing the API stops the previous container but keeps it, renamed `<env>-api-
 until the new one is verified: rolling back is a restart, not a rebuild.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import docker
 import docker.errors
 import requests.exceptions
@@ -124,8 +126,10 @@ class DockerHostTarget:
 
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
-        """Stop the running API and keep it as `<env>-api-previous`, then start `image`.
-        Safe to retry: a retry after a half-done attempt keeps the previous container."""
+        """Keep the running API as `<env>-api-previous` and stop it gracefully while the
+        container of `image` is created; start that once the previous one has stopped (they
+        listen on one port). Safe to retry: a retry after a half-done attempt keeps the
+        previous container."""
         current = self._container(self.api_name)
         if current and current.labels.get(L_IMAGE) == image and current.status == "running":
             return
@@ -135,9 +139,13 @@ class DockerHostTarget:
             stale = self._container(self.previous_api_name)
             if stale:
                 self._call("remove the API kept from an earlier release", stale.remove, force=True)
-            self._call("stop the current API", current.stop, timeout=10)
             self._call("keep the current API as previous", current.rename, self.previous_api_name)
-        self._run_api(image, version)
+        previous = self._container(self.previous_api_name)
+        with ThreadPoolExecutor(1) as pool:
+            stopped = pool.submit(self._stop, previous)
+            candidate = self._create_api(image, version)
+            stopped.result()
+        self._call(f"start {self.api_name}", candidate.start)
 
     def promote_api(self) -> None:
         previous = self._container(self.previous_api_name)
@@ -210,7 +218,10 @@ class DockerHostTarget:
         if previous:
             self._call("remove the previous API", previous.remove, force=True)
         if state.image is not None:
-            self._run_api(state.image, state.version or "unknown")
+            self._call(
+                f"start {self.api_name}",
+                self._create_api(state.image, state.version or "unknown").start,
+            )
 
     def restore_workers(self, state: ServiceState) -> None:
         if state.image is None or state.replicas == 0:
@@ -223,7 +234,7 @@ class DockerHostTarget:
         self.client.close()
 
     # -- helpers -------------------------------------------------------------------------
-    def _run_api(self, image: str, version: str) -> None:
+    def _create_api(self, image: str, version: str):
         processes = self.processes
         listens, ports = processes.api_port, None
         if self.network == "host":
@@ -232,17 +243,21 @@ class DockerHostTarget:
             ports = {f"{listens}/tcp": (self.publish_address, self.port)}
         env = {processes.port_variable: str(listens)} if processes.port_variable else {}
         command = list(processes.api_command) if processes.api_command else None
-        self._start(self.api_name, image, version, "api", ports=ports, env=env, command=command)
+        return self._create(
+            self.api_name, image, version, "api", ports=ports, env=env, command=command
+        )
 
-    def _start(self, name: str, image: str, version: str, service: str, env=None, **kwargs) -> None:
+    def _start(self, name: str, image: str, version: str, service: str, **kwargs) -> None:
+        self._call(f"start {name}", self._create(name, image, version, service, **kwargs).start)
+
+    def _create(self, name: str, image: str, version: str, service: str, env=None, **kwargs):
         self._ensure_image(image)
         labels = {L_ENV: self.environment, L_SERVICE: service, L_VERSION: version, L_IMAGE: image}
-        self._call(
-            f"start {name}",
-            self.client.containers.run,
+        return self._call(
+            f"create {name}",
+            self.client.containers.create,
             image,
             name=name,
-            detach=True,
             labels=labels,
             environment={**self.env, "APP_ENVIRONMENT": self.environment, **(env or {})},
             network_mode=self.network,
@@ -258,6 +273,11 @@ class DockerHostTarget:
             self._call(
                 f"pull {image}", self.client.images.pull, image, auth_config=self.registry_auth
             )
+
+    def _stop(self, container) -> None:
+        """Stop `container` (if any) gracefully: SIGTERM, then SIGKILL after 10 s."""
+        if container is not None:
+            self._call(f"stop {container.name}", container.stop, timeout=10)
 
     def _container(self, name: str):
         try:
