@@ -5,7 +5,10 @@ Replacing the API stops the previous container but keeps it, renamed `<env>-api-
 until the new one is verified: rolling back is a restart, not a rebuild.
 """
 
-from concurrent.futures import ThreadPoolExecutor
+import itertools
+import socket
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import docker
 import docker.errors
@@ -127,8 +130,8 @@ class DockerHostTarget:
     # -- operations ----------------------------------------------------------------------
     def deploy_api(self, image: str, version: str) -> None:
         """Keep the running API as `<env>-api-previous` and stop it gracefully while the
-        container of `image` is created; start that once the previous one has stopped (they
-        listen on one port). Safe to retry: a retry after a half-done attempt keeps the
+        container of `image` is created; start that as soon as the port is free (see
+        `_until_port_free`). Safe to retry: a retry after a half-done attempt keeps the
         previous container."""
         current = self._container(self.api_name)
         if current and current.labels.get(L_IMAGE) == image and current.status == "running":
@@ -142,10 +145,11 @@ class DockerHostTarget:
             self._call("keep the current API as previous", current.rename, self.previous_api_name)
         previous = self._container(self.previous_api_name)
         with ThreadPoolExecutor(1) as pool:
-            stopped = pool.submit(self._stop, previous)
+            stopping = pool.submit(self._stop, previous)
             candidate = self._create_api(image, version)
-            stopped.result()
-        self._call(f"start {self.api_name}", candidate.start)
+            self._until_port_free(stopping)
+            self._call(f"start {self.api_name}", candidate.start)
+            stopping.result()
 
     def promote_api(self) -> None:
         previous = self._container(self.previous_api_name)
@@ -153,22 +157,25 @@ class DockerHostTarget:
             self._call("remove the previous API", previous.remove, force=True)
 
     def scale_workers(self, image: str, version: str, count: int) -> None:
+        """Run `count` workers of `image`: keep those already running it, remove the others,
+        then start the missing ones (the removals at once, then the starts at once)."""
         workers = self._workers()
-        keep = [w for w in workers if w.labels.get(L_IMAGE) == image and w.status == "running"]
-        for extra in keep[count:]:
-            self._call(f"remove worker {extra.name}", extra.remove, force=True)
-        keep = keep[:count]
-        for old in (w for w in workers if w not in keep):
-            self._call(f"remove worker {old.name}", old.remove, force=True)
+        running = [w for w in workers if w.labels.get(L_IMAGE) == image and w.status == "running"]
+        keep = running[:count]
         taken = {w.name for w in keep}
-        index = 0
-        while len(taken) < count:
-            name = f"{self.environment}-worker-{index}"
-            index += 1
-            if name in taken:
-                continue
-            self._start(name, image, version, "worker", command=list(self.processes.worker_command))
-            taken.add(name)
+        free = (f"{self.environment}-worker-{i}" for i in itertools.count())
+        names = list(itertools.islice((n for n in free if n not in taken), count - len(keep)))
+        command = list(self.processes.worker_command)
+
+        def remove(worker) -> None:
+            self._call(f"remove worker {worker.name}", worker.remove, force=True)
+
+        def start(name: str) -> None:
+            self._start(name, image, version, "worker", command=command)
+
+        with ThreadPoolExecutor(max(len(workers), count, 1)) as pool:
+            list(pool.map(remove, [w for w in workers if w not in keep]))
+            list(pool.map(start, names))
 
     def run_oneoff(
         self, image: str, command: list[str], env: dict[str, str], timeout: float
@@ -278,6 +285,25 @@ class DockerHostTarget:
         """Stop `container` (if any) gracefully: SIGTERM, then SIGKILL after 10 s."""
         if container is not None:
             self._call(f"stop {container.name}", container.stop, timeout=10)
+
+    def _until_port_free(self, stopping: Future) -> None:
+        """Wait until the previous API (being stopped by `stopping`) takes no more
+        connections. With host networking that is when it closes its listening socket, the
+        first thing a server does on SIGTERM (uvicorn: ~0.05 s, then ~0.35 s more finishing
+        its requests and shutting down, which the candidate's start need not wait for); a
+        published port is free only once its container has stopped."""
+        if self.network != "host":
+            stopping.result()
+            return
+        while not stopping.done():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            except ConnectionRefusedError:
+                return
+            except OSError:
+                pass  # busy or slow to answer: still taken
+            time.sleep(0.01)
+        stopping.result()
 
     def _container(self, name: str):
         try:

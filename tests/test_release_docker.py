@@ -1,5 +1,9 @@
 """The release flow and its rollback on the local Docker host, against real services."""
 
+import threading
+import time
+
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect_docker import DockerRegistryCredentials
@@ -87,3 +91,45 @@ def test_bad_input_fails_before_any_mutation(environment, engine, pg, database, 
     assert schema(pg, database) == "0002"
     assert served_version(environment) == "v1"
     assert in_flight(environment.environment) is None
+
+
+def test_requests_in_flight_when_the_api_is_replaced_are_answered(make_env, database, tmp_path):
+    """The candidate starts as soon as the previous API stops listening, while that one
+    still finishes the requests it took: callers see at worst a refused connection, never
+    one dropped halfway."""
+    slow = {"BACKEND_HEALTH_DELAY": "1"}  # each /health takes 1 s: some are always in flight
+    env = make_env(database, worker_count=1, env=slow, health_request_timeout_seconds=3)
+    env.save(env.environment, overwrite=True)
+    release_from(env, tmp_path, "v1")
+    url = f"http://127.0.0.1:{env.api_port}/health"
+    answers, failures, done = [], [], threading.Event()
+
+    def call_again_and_again() -> None:
+        with httpx.Client(timeout=10) as client:
+            while not done.is_set():
+                try:
+                    response = client.get(url, headers={"Connection": "close"})
+                except httpx.ConnectError:
+                    time.sleep(0.05)  # nobody listens for a moment: refused, not dropped
+                    continue
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                answers.append((time.monotonic(), response.status_code, response.json()))
+
+    callers = [threading.Thread(target=call_again_and_again) for _ in range(4)]
+    for caller in callers:
+        caller.start()
+        time.sleep(0.25)  # staggered: one of them is always mid-request
+    try:
+        second = release_from(env, tmp_path, "v2")
+    finally:
+        done.set()
+        for caller in callers:
+            caller.join()
+
+    assert second["outcome"] == "released"
+    assert not failures, failures
+    assert {status for _, status, _ in answers} == {200}
+    versions = [body["version"] for _, _, body in sorted(answers, key=lambda a: a[0])]
+    assert "v1" in versions and versions[-1] == "v2"
