@@ -220,7 +220,12 @@ class DockerHostTarget:
         previous = self._container(self.previous_api_name)
         if previous and previous.id == state.revision:
             self._call("rename the previous API back", previous.rename, self.api_name)
-            self._call("start the previous API", previous.start)
+            if previous.status == "running":
+                # A release that died while stopping it left the engine stopping it; a
+                # restart waits for that stop to end, then starts it.
+                self._call("restart the previous API", previous.restart, timeout=10)
+            else:
+                self._call("start the previous API", previous.start)
             return
         if previous:
             self._call("remove the previous API", previous.remove, force=True)
