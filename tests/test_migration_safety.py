@@ -203,6 +203,17 @@ def containers(engine, env) -> list[str]:
     return sorted(c.id for c in engine.containers.list(all=True, filters=mine))
 
 
+def assert_as_before(engine, pg, database, environment, before: list[str]) -> None:
+    """A refused release of the drop-column change left m-v3 running exactly as it was:
+    containers, schema, the column, the served version, no lock, no scratch database."""
+    assert containers(engine, environment) == before
+    assert schema(pg, database) == "0003"
+    assert "description" in columns(pg, database, "projects")
+    assert served_version(environment) == "m-v3"
+    assert in_flight(environment.environment) is None
+    assert rehearsal_databases(pg, database) == []
+
+
 def test_each_rule_is_caught_and_its_safe_alternative_passes(make_env, database, image):
     env = make_env(database)
     probed = probe_revisions(
@@ -236,12 +247,7 @@ def test_a_breaking_release_is_refused_with_nothing_changed(
     assert "revision 0004: drop column (ALTER TABLE projects DROP COLUMN description;)" in message
     assert "the running version still reads and writes the column" in message
     assert "allow_breaking=['0004']" in message
-    assert containers(engine, environment) == before
-    assert schema(pg, database) == "0003"
-    assert "description" in columns(pg, database, "projects")
-    assert served_version(environment) == "m-v3"
-    assert in_flight(environment.environment) is None
-    assert rehearsal_databases(pg, database) == []
+    assert_as_before(engine, pg, database, environment, before)
 
     accepted = check_migrations(
         environment,
@@ -269,12 +275,7 @@ def test_a_breaking_change_built_here_is_refused_while_it_is_pushed_with_nothing
         release(environment.environment, source=str(source), version="ms-src-breaking")
 
     assert "revision 0004: drop column" in str(info.value)
-    assert containers(engine, environment) == before
-    assert schema(pg, database) == "0003"
-    assert "description" in columns(pg, database, "projects")
-    assert served_version(environment) == "m-v3"
-    assert in_flight(environment.environment) is None
-    assert rehearsal_databases(pg, database) == []
+    assert_as_before(engine, pg, database, environment, before)
     with Ledger(environment.database_url_value()) as ledger:
         refusal = ledger.history(environment.environment)[0]
     steps = {step.name: step for step in refusal.steps}
