@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
 
+from prefect.settings import PREFECT_API_URL
 from pydantic import Field, GetJsonSchemaHandler
 from pydantic_core import CoreSchema
 
@@ -28,12 +29,16 @@ EnvironmentName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
 
 
 class _OfferedEnvironments:
-    """JSON schema of an environment parameter: one of the blocks on the server now."""
+    """JSON schema of an environment parameter: one of the blocks on the server now. A
+    process that names no server (PREFECT_API_URL unset: importing the flows, say) gets
+    the schema without the list rather than starting a temporary server to ask; the
+    schema that counts is the one `prefect deploy` sends, and it names the server."""
 
     def __get_pydantic_json_schema__(
         self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
-        return {**handler(core_schema), "enum": known_environments()}
+        schema = handler(core_schema)
+        return {**schema, "enum": known_environments()} if PREFECT_API_URL.value() else schema
 
 
 Environment = Annotated[EnvironmentName, _OfferedEnvironments()]
