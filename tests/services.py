@@ -5,6 +5,7 @@ A missing service is a failure, never a skip: CI must have started it.
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +68,17 @@ class Postgres:
         return name
 
     def drop_database(self, name: str) -> None:
-        with self.admin() as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        """Drop `name`, ending its sessions. A session PostgreSQL will not let this role
+        end (an autovacuum worker busy in it) is waited out, up to ~10 s."""
+        for attempt in range(20):
+            try:
+                with self.admin() as conn:
+                    conn.execute(f'drop database if exists "{name}" with (force)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
 
     def query(self, database: str, sql: str, *params) -> list[tuple]:
         with psycopg.connect(self.url(database), autocommit=True) as conn:
