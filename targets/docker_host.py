@@ -51,6 +51,9 @@ class DockerHostTarget:
         self.processes = processes or Processes()
         self.volumes = list(volumes or [])
         self.registry_auth = registry_auth
+        # The previous API's graceful stop, started by deploy_api (one at a time).
+        self._stopper = ThreadPoolExecutor(1, thread_name_prefix=f"{environment}-stop")
+        self._retiring: Future | None = None
         fixed_port = self.processes.port_variable is None and self.processes.api_port != port
         if network == "host" and fixed_port:
             raise ConfigurationError(
@@ -131,8 +134,9 @@ class DockerHostTarget:
     def deploy_api(self, image: str, version: str) -> None:
         """Keep the running API as `<env>-api-previous` and stop it gracefully while the
         container of `image` is created; start that as soon as the port is free (see
-        `_until_port_free`). Safe to retry: a retry after a half-done attempt keeps the
-        previous container."""
+        `_until_port_free`). The previous API finishes its requests while the candidate
+        starts: `promote_api` and `restore_api` wait for that stop. Safe to retry: a retry
+        after a half-done attempt keeps the previous container."""
         current = self._container(self.api_name)
         if current and current.labels.get(L_IMAGE) == image and current.status == "running":
             return
@@ -143,15 +147,14 @@ class DockerHostTarget:
             if stale:
                 self._call("remove the API kept from an earlier release", stale.remove, force=True)
             self._call("keep the current API as previous", current.rename, self.previous_api_name)
-        previous = self._container(self.previous_api_name)
-        with ThreadPoolExecutor(1) as pool:
-            stopping = pool.submit(self._stop, previous)
-            candidate = self._create_api(image, version)
-            self._until_port_free(stopping)
-            self._call(f"start {self.api_name}", candidate.start)
-            stopping.result()
+        self._previous_stopped()  # an earlier attempt's stop, if one is under way
+        self._retiring = self._stopper.submit(self._stop, self._container(self.previous_api_name))
+        candidate = self._create_api(image, version)
+        self._until_port_free(self._retiring)
+        self._call(f"start {self.api_name}", candidate.start)
 
     def promote_api(self) -> None:
+        self._previous_stopped()  # it finishes the requests it took first
         previous = self._container(self.previous_api_name)
         if previous:
             self._call("remove the previous API", previous.remove, force=True)
@@ -212,6 +215,7 @@ class DockerHostTarget:
     def restore_api(self, state: ServiceState) -> None:
         """Bring back the recorded API: restart the kept container when it is the one
         recorded, otherwise run the recorded image again. No rebuild either way."""
+        self._previous_stopped()
         current = self._container(self.api_name)
         if current and current.id == state.revision and current.status == "running":
             return
@@ -243,6 +247,7 @@ class DockerHostTarget:
         self.scale_workers(state.image, state.version or "unknown", state.replicas)
 
     def close(self) -> None:
+        self._stopper.shutdown(wait=True)
         self.client.close()
 
     # -- helpers -------------------------------------------------------------------------
@@ -290,6 +295,13 @@ class DockerHostTarget:
         """Stop `container` (if any) gracefully: SIGTERM, then SIGKILL after 10 s."""
         if container is not None:
             self._call(f"stop {container.name}", container.stop, timeout=10)
+
+    def _previous_stopped(self) -> None:
+        """Wait for the stop deploy_api started. Its error is not raised here: the caller
+        acts on the container as it finds it (promote removes it, restore restarts it)."""
+        retiring, self._retiring = self._retiring, None
+        if retiring is not None:
+            retiring.exception()
 
     def _until_port_free(self, stopping: Future) -> None:
         """Wait until the previous API (being stopped by `stopping`) takes no more
