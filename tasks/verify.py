@@ -12,7 +12,6 @@ Where the health answer shows no version (application spec `health.version_sourc
 expected image: the container of the pinned digest, the tagged revision, the new task
 definition. The log says which proof was used."""
 
-import itertools
 import os
 import time
 
@@ -26,9 +25,10 @@ from targets.base import Target
 from targets.errors import StepFailed
 
 FIRST_PROBES_SECONDS = 0.1  # between probes of an API that does not answer yet
-# Between looks at the workers: soon at first, then each pause twice the last, up to 1 s
-# (each look is a few reads of the platform's API).
-WORKER_PROBES_SECONDS = (0.25, 0.5, 1.0)
+# Between looks at the workers (each a few reads of the platform's API): often while they
+# are most likely still starting, so their readiness is seen when it comes, then once a second.
+WORKER_LOOKS_SECONDS = 0.25
+WORKER_LOOKS_OFTEN_FOR_SECONDS = 5.0
 
 
 @task(name="verify-api", cache_policy=NO_CACHE)
@@ -131,7 +131,7 @@ def _version(response: httpx.Response, health: Health) -> str | None:
 def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: int) -> None:
     logger = get_run_logger()
     budget = Budget(env.worker_budget_seconds, logger)
-    for look in itertools.count():
+    while True:
         health = target.workers_alive(image, count)
         if health.ok:
             logger.info(f"{health.ready}/{count} worker(s) ready")
@@ -141,4 +141,5 @@ def verify_workers(env: ReleaseEnvironment, target: Target, image: str, count: i
                 f"only {health.ready}/{count} worker(s) ready within {budget.seconds:.0f} s: "
                 f"{health.detail or 'no detail'}"
             )
-        time.sleep(WORKER_PROBES_SECONDS[min(look, len(WORKER_PROBES_SECONDS) - 1)])
+        often = time.monotonic() - budget.started < WORKER_LOOKS_OFTEN_FOR_SECONDS
+        time.sleep(WORKER_LOOKS_SECONDS if often else 1.0)
