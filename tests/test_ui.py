@@ -237,24 +237,44 @@ def submit_release(ui: Ui, stack: Stack, environment: str, image: str) -> FlowRu
     ui.choose("environment", environment)
     ui.type("image", image)
     ui.shot(f"form-{environment}")
-    ui.click("Submit")
     # The run exists (the UI's "scheduled to start now" toast may come and go between two
-    # looks on a busy machine: the server's word is what counts). On a busy machine a click
-    # can land while the page still validates what was typed, and do nothing: while the form
-    # is still there and the server has no run from it, the person clicks again.
-    deadline, clicked = time.monotonic() + WAIT, time.monotonic()
-    while not (runs := [r for r in runs_of(stack, DEPLOYMENT) if r.id not in before]):
-        if time.monotonic() > deadline:
-            ui.shot("no-run")
-            pytest.fail(f"the form started no run within {WAIT} s")
-        if time.monotonic() - clicked > RESUBMIT and ui.driver.current_url.endswith("/run"):
-            ui.shot(f"still-on-the-form-{environment}")
-            ui.click("Submit")
-            clicked = time.monotonic()
-        time.sleep(0.5)
+    # looks on a busy machine: the server's word is what counts).
+    runs = click_until(
+        ui,
+        "Submit",
+        lambda: [r for r in runs_of(stack, DEPLOYMENT) if r.id not in before],
+        still_there=lambda: ui.driver.current_url.endswith("/run"),
+        what="the form started no run",
+    )
     [flow_run] = runs
     ui.shot(f"submitted-{environment}")
     return flow_run
+
+
+def click_until(ui: Ui, button: str, done, *, still_there, what: str, within=None):
+    """Click `button`, then wait for the server to show `done()` (returned). On a busy
+    machine a click can land while the page still validates what was typed, and do
+    nothing: while the page `still_there()` shows the form, the person clicks again every
+    RESUBMIT seconds."""
+    ui.click(button, within)
+    deadline, clicked = time.monotonic() + WAIT, time.monotonic()
+    while not (result := done()):
+        if time.monotonic() > deadline:
+            ui.shot("no-effect")
+            pytest.fail(f"{what} within {WAIT} s")
+        if time.monotonic() - clicked > RESUBMIT and still_there():
+            ui.shot(f"clicked-{button.lower()}-again")
+            ui.click(button, within)
+            clicked = time.monotonic()
+        time.sleep(0.5)
+    return result
+
+
+def shown(element: WebElement) -> bool:
+    try:
+        return element.is_displayed()
+    except StaleElementReferenceException:  # gone from the page
+        return False
 
 
 # --- the form ---------------------------------------------------------------------------
@@ -356,7 +376,19 @@ def test_a_release_to_production_is_approved_in_the_ui(ui, stack, environments, 
     ui.type("Approved By", "alice", dialog)
     ui.type("Comment", "go", dialog)
     ui.shot("approval")
-    ui.click("Resume", dialog)
+
+    def resumed() -> bool:
+        with stack.client() as client:
+            return not client.read_flow_run(release.id).state.is_paused()
+
+    click_until(
+        ui,
+        "Resume",
+        resumed,
+        still_there=lambda: shown(dialog),
+        what="the release was not resumed",
+        within=dialog,
+    )
 
     completed(stack, flow_run)
     assert served_version(envs["production"]) == "ui-v1"
