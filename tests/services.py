@@ -68,8 +68,9 @@ class Postgres:
         return name
 
     def drop_database(self, name: str) -> None:
-        """Drop `name`, ending its sessions. A session PostgreSQL will not let this role
-        end (an autovacuum worker busy in it) is waited out, up to ~10 s."""
+        """Drop `name`, ending its sessions. When PostgreSQL will not let this role end one
+        of them (InsufficientPrivilege, seen once under load; which session it was is not
+        known), it is waited out, up to ~10 s."""
         for attempt in range(20):
             try:
                 with self.admin() as conn:
